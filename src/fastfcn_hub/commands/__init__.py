@@ -1,0 +1,1 @@
+"""Implementations of the `fastfcn-hub` subcommands (see `fastfcn_hub.cli.COMMANDS`)."""
