@@ -45,11 +45,8 @@ def _pil_to_array(image: Any, is_label: bool) -> np.ndarray:
                 f"(mode {image.mode!r}). Convert colour-coded masks to indices first."
             )
         return np.asarray(image)
-    if image.mode.startswith("I;16") or image.mode == "I":
-        array = np.asarray(image).astype(np.float32) / 257.0
-        return np.repeat(np.clip(array, 0, 255)[..., None], 3, axis=2)
-    if image.mode == "F":
-        return np.repeat(np.clip(np.asarray(image), 0, 1)[..., None] * 255.0, 3, axis=2)
+    if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit integer or float: the array dtype rules apply
+        return np.asarray(image)
     return np.asarray(image.convert("RGB"))
 
 
