@@ -4,7 +4,7 @@ Importing the package registers FastFCN with transformers' Auto classes, so `Aut
 `AutoModelForSemanticSegmentation`, `AutoImageProcessor` and `pipeline("image-segmentation")` load saved models.
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, AutoVideoProcessor
 
 from .configuration_fastfcn import FastFCNConfig
 from .image_processing_fastfcn import FastFCNImageProcessor
@@ -18,6 +18,10 @@ AutoConfig.register(FastFCNConfig.model_type, FastFCNConfig, exist_ok=True)
 AutoModelForSemanticSegmentation.register(FastFCNConfig, FastFCNForSemanticSegmentation, exist_ok=True)
 AutoImageProcessor.register(FastFCNConfig, image_processor_classes={"torchvision": FastFCNImageProcessor},
                             exist_ok=True)  # fmt: skip
+# FastFCN has no video processor. Saying so explicitly stops `pipeline("image-segmentation")` (which also probes for a
+# video processor) from mistaking our image processor's `auto_map` for remote video code and prompting for
+# `trust_remote_code` on a terminal.
+AutoVideoProcessor.register(FastFCNConfig, video_processor_classes={}, exist_ok=True)
 # Saved directories carry our code and an `auto_map`, so they also load with `trust_remote_code=True` where
 # fastfcn_hub is not installed.
 FastFCNConfig.register_for_auto_class()
