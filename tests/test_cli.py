@@ -1,0 +1,36 @@
+"""The `fastfcn-hub` console script: help, the variant listing, the foundation demo's error handling."""
+
+import json
+import subprocess
+import sys
+
+from fastfcn_hub.cli import COMMANDS, main
+from fastfcn_hub.variants import list_models
+
+
+def test_console_script_help_lists_every_command():
+    result = subprocess.run(["fastfcn-hub", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for command in COMMANDS:
+        assert command in result.stdout
+
+
+def test_models_lists_every_variant(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in list_models():
+        assert name in out
+    assert f"{len(list_models())} variants" in out
+
+
+def test_models_filters_and_prints_json(capsys):
+    assert main(["models", "*jpu_psp*", "--released", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["name"] for row in rows] == list_models("*jpu_psp*", released=True)
+    assert all(row["hub_repo_id"] and row["miou"] for row in rows)
+
+
+def test_unknown_command_fails_with_usage():
+    result = subprocess.run([sys.executable, "-m", "fastfcn_hub.cli", "frobnicate"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
