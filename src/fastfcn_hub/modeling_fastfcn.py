@@ -492,6 +492,25 @@ class FastFCNForSemanticSegmentation(FastFCNPreTrainedModel):
         counts = torch.bincount((flat + offsets)[valid], minlength=labels.shape[0] * num_labels)
         return (counts.view(labels.shape[0], num_labels) > 0).long()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; for our released hub repos, an offline failure says what to do."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except OSError as error:
+            try:
+                from .variants import VARIANTS
+            except ImportError:  # running as trust_remote_code, without the package
+                raise error from None
+            variant = next((v for v in VARIANTS if v.hub_repo_id == str(pretrained_model_name_or_path)), None)
+            if variant is None:
+                raise
+            raise OSError(
+                f"Could not load {variant.hub_repo_id!r} (offline, or not in the Hugging Face cache). Connect once to "
+                "download it, or convert mmsegmentation's original checkpoint locally and load that directory: "
+                f"`fastfcn-hub convert {variant.mmseg_checkpoint} ./{variant.name}`."
+            ) from error
+
     def save_pretrained(self, save_directory: str | Path, *args, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, plus a `preprocessor_config.json` derived from the config when the
         directory has none, so that `AutoImageProcessor` and `pipeline` load the directory as it is."""

@@ -33,6 +33,7 @@ class Variant:
     miou_ms_flip: float | None = None  # ... and multi-scale + flip
     metrics_source: str | None = None  # where those numbers are published
     training: dict[str, Any] = field(default_factory=dict)  # recipe facts: iterations, batch, crop
+    processor: dict[str, Any] = field(default_factory=dict)  # FastFCNImageProcessor options the dataset needs
 
     @property
     def architecture(self) -> str:
@@ -72,7 +73,8 @@ _HEADS = {"aspp": {"decode_head": "aspp"}, "psp": {"decode_head": "psp"}, "enc":
 _HEAD_NAMES = {"aspp": "DeepLabV3 (ASPP)", "psp": "PSPNet (pyramid pooling)", "enc": "EncNet (context encoding)"}
 # Light ResNet-18 models for CPU tests and the demo: narrower neck and heads, same structure.
 _LIGHT = {"backbone": "resnet18", "jpu_channels": 64, "head_channels": 64, "auxiliary_channels": 32, "num_codes": 16}
-_FASTFCN_README = "mmsegmentation configs/fastfcn/README.md and metafile.yaml (v1.2.2)"
+_MMSEG_CONFIGS = "https://github.com/open-mmlab/mmsegmentation/blob/v1.2.2/configs"
+_FASTFCN_README = f"{_MMSEG_CONFIGS}/fastfcn/metafile.yaml"
 _CITYSCAPES_RECIPE = {"iterations": 80_000, "crop_size": (512, 1024), "optimizer": "SGD lr 0.01, momentum 0.9, wd 5e-4",
                       "schedule": "poly, power 0.9, min lr 1e-4"}  # fmt: skip
 
@@ -86,15 +88,15 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("deeplabv3_r50_d8.cityscapes", "DeepLabV3, dilated ResNet-50-D8 baseline", {**_D8_R50, **_HEADS["aspp"], **_CITYSCAPES},
             "cityscapes", "deeplabv3_r50-d8_4xb2-80k_cityscapes-512x1024",
             f"{MMSEG_DOWNLOAD}/deeplabv3/deeplabv3_r50-d8_512x1024_80k_cityscapes/deeplabv3_r50-d8_512x1024_80k_cityscapes_20200606_113404-b92cfdd4.pth",
-            79.32, 80.57, "mmsegmentation configs/fastfcn/README.md (reference table)", {**_CITYSCAPES_RECIPE, "batch": "4x2"}),
+            79.32, 80.57, f"{_MMSEG_CONFIGS}/deeplabv3/metafile.yaml", {**_CITYSCAPES_RECIPE, "batch": "4x2"}),
     Variant("pspnet_r50_d8.cityscapes", "PSPNet, dilated ResNet-50-D8 baseline", {**_D8_R50, **_HEADS["psp"], **_CITYSCAPES},
             "cityscapes", "pspnet_r50-d8_4xb2-80k_cityscapes-512x1024",
             f"{MMSEG_DOWNLOAD}/pspnet/pspnet_r50-d8_512x1024_80k_cityscapes/pspnet_r50-d8_512x1024_80k_cityscapes_20200606_112131-2376f12b.pth",
-            78.55, 79.79, "mmsegmentation configs/fastfcn/README.md (reference table)", {**_CITYSCAPES_RECIPE, "batch": "4x2"}),
+            78.55, 79.79, f"{_MMSEG_CONFIGS}/pspnet/metafile.yaml", {**_CITYSCAPES_RECIPE, "batch": "4x2"}),
     Variant("encnet_r50_d8.cityscapes", "EncNet, dilated ResNet-50-D8 baseline", {**_D8_R50, **_HEADS["enc"], **_CITYSCAPES},
             "cityscapes", "encnet_r50-d8_4xb2-80k_cityscapes-512x1024",
             f"{MMSEG_DOWNLOAD}/encnet/encnet_r50-d8_512x1024_80k_cityscapes/encnet_r50-d8_512x1024_80k_cityscapes_20200622_003554-fc5c5624.pth",
-            77.94, 79.13, "mmsegmentation configs/fastfcn/README.md (reference table)", {**_CITYSCAPES_RECIPE, "batch": "4x2"}),
+            77.94, 79.13, f"{_MMSEG_CONFIGS}/encnet/metafile.yaml", {**_CITYSCAPES_RECIPE, "batch": "4x2"}),
     # FastFCN (JPU, R-50-D32) on Cityscapes: 4 GPUs x 2 and 4 GPUs x 4 images, two checkpoints of one architecture.
     Variant("fastfcn_r50_jpu_aspp.cityscapes_4xb2", "FastFCN + DeepLabV3, ResNet-50-D32 + JPU", {**_JPU_R50, **_HEADS["aspp"], **_CITYSCAPES},
             "cityscapes", "fastfcn_r50-d32_jpu_aspp_4xb2-80k_cityscapes-512x1024",
@@ -126,7 +128,8 @@ VARIANTS: tuple[Variant, ...] = (
                 {**_JPU_R50, **_HEADS[head], **_ADE20K}, "ade20k", f"fastfcn_r50-d32_jpu_{head}_4xb4-{iters}_ade20k-512x512",
                 _fastfcn_checkpoint(f"fastfcn_r50-d32_jpu_{head}_512x512_{iters}_ade20k", stamp), miou, ms, _FASTFCN_README,
                 {"iterations": int(iters[:-1]) * 1000, "crop_size": (512, 512), "batch": "4x4",
-                 "optimizer": "SGD lr 0.01, momentum 0.9, wd 5e-4", "schedule": "poly, power 0.9, min lr 1e-4"})
+                 "optimizer": "SGD lr 0.01, momentum 0.9, wd 5e-4", "schedule": "poly, power 0.9, min lr 1e-4"},
+                {"do_reduce_labels": True})  # ADE20K label 0 is "other": ignored, the rest shift down by one
         for head, iters, stamp, miou, ms in (
             ("aspp", "80k", "20211013_190619-3aa40f2d", 41.88, 42.91),
             ("aspp", "160k", "20211008_152246-27036aee", 43.58, 44.92),
