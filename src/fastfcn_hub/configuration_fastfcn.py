@@ -27,31 +27,85 @@ NECKS = ("jpu",)
 DECODE_HEADS = ("aspp", "psp", "enc", "fcn")
 LOSS_AVERAGES = ("valid", "all")
 FEATURE_REDUCTIONS = (8, 16, 32)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SIZE_MULTIPLE = 32
+"""Inputs of non-ResNet backbones are zero-padded to a multiple of this, their coarsest reduction (patch embeddings
+and attention windows need it); the features are cropped back (`modeling_fastfcn.backbone_features`)."""
+TIMM_ANY_SIZE_KWARGS: dict[str, dict[str, Any]] = {
+    # Swin fixes its input size at construction unless told otherwise; with `strict_img_size=False` it builds its
+    # attention masks per forward. `img_size` then only sets the window layout: at 512 every stage shifts its windows,
+    # as mmsegmentation's Swin does at segmentation sizes (at 224 the last stage would not).
+    "swin_transformer": {"img_size": 512, "strict_img_size": False},
+    "swin_transformer_v2": {"strict_img_size": False},
+}
+"""Extra `timm.create_model` arguments, per timm family (module name), that let a backbone take any input size."""
+_PROBE_SIZE = (96, 160)  # 3 x 5 at stride 32: odd, no attention-window multiple, not a pretraining size
 
 
-@functools.lru_cache(maxsize=64)
-def timm_feature_info(backbone: str) -> tuple[tuple[int, ...], tuple[int, ...], str]:
-    """Channels and reductions of every feature level a timm model exposes, plus its family (module name).
-
-    The model is built on the meta device, so this costs no memory and no weight initialisation.
-    """
+def timm_family(backbone: str) -> str:
+    """The timm module that defines `backbone` (`"resnet"`, `"convnext"`, `"swin_transformer"`, ...)."""
     import timm
-    import torch
 
     name = backbone.split(".")[0]
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:10]
         hint = f" Similar timm names: {', '.join(close)}." if close else ""
         raise ValueError(f"`backbone={backbone!r}` is not a timm model.{hint}")
-    family = timm.models.model_entrypoint(name).__module__.rsplit(".", 1)[-1]
+    return timm.models.model_entrypoint(name).__module__.rsplit(".", 1)[-1]
+
+
+def timm_backbone_kwargs(backbone: str) -> dict[str, Any]:
+    """The `timm.create_model` arguments `backbone` needs to take inputs of any size (see `TIMM_ANY_SIZE_KWARGS`)."""
+    return dict(TIMM_ANY_SIZE_KWARGS.get(timm_family(backbone), {}))
+
+
+def _offered_levels(channels: tuple[int, ...], reductions: tuple[int, ...]) -> str:
+    return ", ".join(f"[{i}] reduction {r} ({c} ch)" for i, (r, c) in enumerate(zip(reductions, channels)))
+
+
+@functools.lru_cache(maxsize=64)
+def timm_feature_info(backbone: str) -> tuple[tuple[int, ...], tuple[int, ...], str]:
+    """Channels and reductions of every feature level a timm model exposes, plus its family (module name).
+
+    The model is built, and for families other than ResNet run once on a small odd-sized input, on the meta device:
+    this costs no memory and no weight initialisation, and refuses at config time a backbone whose timm model only
+    takes fixed or window-multiple input sizes (FastFCN segments whole images of any size).
+    """
+    import timm
+    import torch
+
+    family = timm_family(backbone)
     try:
         with torch.device("meta"):
-            model = timm.create_model(name, pretrained=False, features_only=True)
+            model = timm.create_model(
+                backbone.split(".")[0], pretrained=False, features_only=True, **timm_backbone_kwargs(backbone)
+            )
     except Exception as error:  # timm raises RuntimeError or others for models without features_only
         raise ValueError(
             f"`backbone={backbone!r}` cannot be used: timm cannot build it with `features_only=True` ({error})."
         ) from error
-    return tuple(model.feature_info.channels()), tuple(model.feature_info.reduction()), family
+    channels, reductions = tuple(model.feature_info.channels()), tuple(model.feature_info.reduction())
+    if family != "resnet" and set(FEATURE_REDUCTIONS) <= set(reductions):  # else resolve_out_indices explains
+        height, width = _PROBE_SIZE
+        try:
+            with torch.device("meta"):
+                features = model(torch.empty(1, 3, height, width))
+            channels_last = getattr(model, "output_fmt", "NCHW") == "NHWC"
+            shapes = [tuple(f.shape[1:]) for f in features]
+            expected = [
+                (height // r, width // r, c) if channels_last else (c, height // r, width // r)
+                for r, c in zip(reductions, channels)
+            ]
+            if shapes != expected:
+                raise ValueError(f"its levels have shapes {shapes}, not the {expected} its feature_info promises")
+        except Exception as error:
+            raise ValueError(
+                f"`backbone={backbone!r}` cannot be used: FastFCN needs a backbone that takes inputs of any size "
+                f"(padded to a multiple of {SIZE_MULTIPLE}), but timm's `{backbone.split('.')[0]}` failed on a "
+                f"{height}x{width} input: {error}"
+            ) from error
+    return channels, reductions, family
 
 
 def resolve_out_indices(backbone: str) -> tuple[int, ...]:
@@ -61,13 +115,44 @@ def resolve_out_indices(backbone: str) -> tuple[int, ...]:
     for wanted in FEATURE_REDUCTIONS:
         matches = [i for i, reduction in enumerate(reductions) if reduction == wanted]
         if not matches:
-            offered = ", ".join(f"{r} ({c} ch)" for r, c in zip(reductions, channels))
             raise ValueError(
                 f"`backbone={backbone!r}` has no feature level at reduction {wanted}; FastFCN needs levels at "
-                f"reductions 8, 16 and 32. It offers reductions: {offered}."
+                f"reductions 8, 16 and 32. It offers: {_offered_levels(channels, reductions)}."
             )
         indices.append(matches[-1])
     return tuple(indices)
+
+
+def check_out_indices(backbone: str, indices: tuple[int, ...] | list[int]) -> None:
+    """Explicit `backbone_out_indices` must name three levels at reductions 8, 16 and 32, in that order."""
+    channels, reductions, _ = timm_feature_info(backbone)
+    in_range = all(isinstance(i, int) and -len(reductions) <= i < len(reductions) for i in indices)
+    if not in_range or tuple(reductions[i] for i in indices) != FEATURE_REDUCTIONS:
+        raise ValueError(
+            f"`backbone_out_indices={list(indices)}` must name the levels of `{backbone}` at reductions 8, 16 and 32 "
+            f"(or be None to pick them). It offers: {_offered_levels(channels, reductions)}."
+        )
+
+
+def timm_normalisation(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std, for pixel values in [0, 1], that `backbone`'s pretrained timm weights expect.
+
+    A tag in the name picks the weights (`resnet50d.ra4_e3600_r224_in1k` was trained with 0.5 / 0.5), no tag means
+    timm's default weights; a model with no pretrained weights gets ImageNet's statistics.
+    """
+    import timm
+
+    try:
+        pretrained_cfg = timm.models.get_pretrained_cfg(backbone)
+    except RuntimeError as error:  # timm: "Invalid pretrained tag (...) for ..."
+        tags = timm.list_pretrained(f"{backbone.split('.')[0]}.*")
+        raise ValueError(
+            f"`backbone={backbone!r}` names pretrained weights timm does not have. Available: "
+            f"{', '.join(tags) or 'none'}."
+        ) from error
+    if pretrained_cfg is None or pretrained_cfg.mean is None or pretrained_cfg.std is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(float(v) for v in pretrained_cfg.mean), tuple(float(v) for v in pretrained_cfg.std)
 
 
 class FastFCNConfig(PreTrainedConfig):
@@ -79,10 +164,13 @@ class FastFCNConfig(PreTrainedConfig):
     Args:
         backbone (`str`, *optional*, defaults to `"resnet50c"`):
             timm model name (optionally with a pretrained tag, e.g. `"resnet50c.gluon_in1k"`). `resnet50c` /
-            `resnet101c` equal mmsegmentation's ResNetV1c.
-        backbone_layout (`str`, *optional*, defaults to `"d32_mmseg"`):
+            `resnet101c` equal mmsegmentation's ResNetV1c. Any timm model whose `features_only` form has levels at
+            reductions 8, 16 and 32 and takes any input size works (`"convnext_tiny"`, `"efficientnet_b3"`,
+            `"swin_tiny_patch4_window7_224"`, ...); others are refused here, with the levels they offer.
+        backbone_layout (`str`, *optional*, defaults to `None`):
             One of `"d32_mmseg"`, `"d32"`, `"d16"`, `"d8"`: output stride and dilation of the backbone (see
-            `BACKBONE_LAYOUTS`). All but `"d32"` are ResNet-only.
+            `BACKBONE_LAYOUTS`). All but `"d32"` are ResNet-only. `None` picks `"d32_mmseg"` for timm ResNets and
+            `"d32"` for every other family.
         backbone_out_indices (`tuple[int]`, *optional*, defaults to `None`):
             timm feature indices of the stride-8, -16 and -32 levels. `None` resolves them from the backbone's
             `feature_info` by reduction.
@@ -127,12 +215,16 @@ class FastFCNConfig(PreTrainedConfig):
             Dropout (`Dropout2d`) before each classifier convolution.
         align_corners (`bool`, *optional*, defaults to `False`):
             `align_corners` of every bilinear resize (mmsegmentation uses `False`; the official FastFCN code `True`).
-        image_mean (`tuple[float]`, *optional*, defaults to `(0.485, 0.456, 0.406)`):
-            Per-channel mean of the input after rescaling, in RGB order.
-        image_std (`tuple[float]`, *optional*, defaults to `(0.229, 0.224, 0.225)`):
-            Per-channel standard deviation of the input after rescaling, in RGB order.
+        image_mean (`tuple[float]`, *optional*, defaults to `None`):
+            Per-channel mean of the input after rescaling, in RGB order. `None` takes the mean the backbone's
+            pretrained timm weights were trained with (ImageNet's `(0.485, 0.456, 0.406)` for the ResNets, ConvNeXt,
+            EfficientNet, Swin and MobileNetV3 defaults; `(0.5, 0.5, 0.5)` for e.g. `resnet50d.ra4_e3600_r224_in1k`).
+        image_std (`tuple[float]`, *optional*, defaults to `None`):
+            Per-channel standard deviation of the input after rescaling, in RGB order; `None` as for `image_mean`
+            (ImageNet's `(0.229, 0.224, 0.225)` for the ResNets).
         rescale_factor (`float`, *optional*, defaults to `1 / 255`):
-            Factor that maps raw 8-bit pixel values to the scale `image_mean` / `image_std` are given in.
+            Factor that maps raw 8-bit pixel values to the scale `image_mean` / `image_std` are given in (timm's
+            statistics are for values in [0, 1], hence 1/255).
         semantic_loss_ignore_index (`int`, *optional*, defaults to 255):
             Label value ignored by every loss and metric.
         initializer_range (`float`, *optional*, defaults to 0.01):
@@ -154,7 +246,7 @@ class FastFCNConfig(PreTrainedConfig):
     model_type = "fastfcn"
 
     backbone: str = "resnet50c"
-    backbone_layout: str = "d32_mmseg"
+    backbone_layout: str | None = None
     backbone_out_indices: list[int] | tuple[int, ...] | None = None
     num_channels: int = 3
     neck: str | None = "jpu"
@@ -175,8 +267,8 @@ class FastFCNConfig(PreTrainedConfig):
     loss_average: str = "valid"
     classifier_dropout: float = 0.1
     align_corners: bool = False
-    image_mean: list[float] | tuple[float, ...] = (0.485, 0.456, 0.406)
-    image_std: list[float] | tuple[float, ...] = (0.229, 0.224, 0.225)
+    image_mean: list[float] | tuple[float, ...] | None = None
+    image_std: list[float] | tuple[float, ...] | None = None
     rescale_factor: float = 1 / 255
     semantic_loss_ignore_index: int = 255
     initializer_range: float = 0.01
@@ -186,9 +278,28 @@ class FastFCNConfig(PreTrainedConfig):
             self.id2label = id2label_from_names(CITYSCAPES_CLASSES)
             self.label2id = {name: index for index, name in self.id2label.items()}
         super().__post_init__(**kwargs)
+        family = timm_feature_info(self.backbone)[2]  # refuses unusable backbones before anything else
+        if self.backbone_layout is None:
+            self.backbone_layout = "d32_mmseg" if family == "resnet" else "d32"
+        if self.image_mean is None or self.image_std is None:
+            self._resolve_normalisation()
         self._check_choices()
         if self.backbone_out_indices is None:
             self.backbone_out_indices = resolve_out_indices(self.backbone)
+        else:
+            check_out_indices(self.backbone, self.backbone_out_indices)
+
+    def _resolve_normalisation(self) -> None:
+        """Fill `image_mean` / `image_std` left `None` from the backbone's pretrained timm weights (saved configs
+        carry concrete values, so reloading never consults timm)."""
+        if self.num_channels != 3:
+            raise ValueError(
+                f"Pass `image_mean` and `image_std` ({self.num_channels} values each): timm's pretrained statistics "
+                "are for RGB input."
+            )
+        mean, std = timm_normalisation(self.backbone)
+        self.image_mean = mean if self.image_mean is None else self.image_mean
+        self.image_std = std if self.image_std is None else self.image_std
 
     def _check_choices(self) -> None:
         def check(field: str, value: Any, allowed: tuple) -> None:

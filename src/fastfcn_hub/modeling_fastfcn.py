@@ -15,6 +15,7 @@ backbone stem. Layer semantics follow mmsegmentation's FastFCN (open-mmlab/mmseg
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import timm
@@ -25,7 +26,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
-from .configuration_fastfcn import FastFCNConfig
+from .configuration_fastfcn import SIZE_MULTIPLE, FastFCNConfig, timm_backbone_kwargs, timm_family
 
 # --------------------------------------------------------------------------------------------------------------
 # Building blocks
@@ -289,7 +290,11 @@ def _apply_contracted_dilations(backbone: nn.Module) -> None:
 
 
 def build_backbone(config: FastFCNConfig) -> nn.Module:
-    """The timm `features_only` backbone of `config`, returning the stride-8/16/32 levels (random weights)."""
+    """The timm `features_only` backbone of `config`, returning the stride-8/16/32 levels (random weights).
+
+    Its `input_size_multiple` attribute tells `backbone_features` how to pad inputs: ResNets take any size as they
+    are (and match mmsegmentation's checkpoints unpadded); other families get multiples of `SIZE_MULTIPLE`.
+    """
     output_stride = {"d8": 8, "d16": 16}.get(config.backbone_layout)
     kwargs = {"output_stride": output_stride} if output_stride else {}
     backbone = timm.create_model(
@@ -299,10 +304,37 @@ def build_backbone(config: FastFCNConfig) -> nn.Module:
         out_indices=tuple(config.backbone_out_indices),
         in_chans=config.num_channels,
         **kwargs,
+        **timm_backbone_kwargs(config.backbone),
     )
     if config.backbone_layout == "d32_mmseg":
         _apply_contracted_dilations(backbone)
+    backbone.input_size_multiple = 1 if timm_family(config.backbone) == "resnet" else SIZE_MULTIPLE
     return backbone
+
+
+def backbone_features(backbone: nn.Module, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+    """The backbone's levels as NCHW maps of ceil(H / r) x ceil(W / r), for an input of any size H x W.
+
+    Patch embeddings and attention windows need sides that are multiples of the coarsest reduction, so the input is
+    zero-padded at the bottom and right to `backbone.input_size_multiple` and every level is cropped back to the
+    input's extent: levels stay aligned with its top-left corner, as a ResNet's are. NHWC levels (Swin) become NCHW.
+    """
+    size_multiple = getattr(backbone, "input_size_multiple", 1)
+    height, width = pixel_values.shape[-2:]
+    pad_bottom, pad_right = (-height % size_multiple, -width % size_multiple) if size_multiple > 1 else (0, 0)
+    if pad_bottom or pad_right:
+        pixel_values = F.pad(pixel_values, (0, pad_right, 0, pad_bottom))
+    features = backbone(pixel_values)
+    if getattr(backbone, "output_fmt", "NCHW") == "NHWC":
+        features = [level.permute(0, 3, 1, 2) for level in features]  # [B, h, w, C] -> [B, C, h, w]
+    if pad_bottom or pad_right:
+        padded_height, padded_width = pixel_values.shape[-2:]
+        features = [
+            level[..., : math.ceil(height * level.shape[-2] / padded_height),
+                  : math.ceil(width * level.shape[-1] / padded_width)]
+            for level in features
+        ]  # fmt: skip
+    return features
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -327,6 +359,10 @@ class FastFCNPreTrainedModel(PreTrainedModel):
         Only `transformers.initialization` helpers are used: they skip tensors loaded from a checkpoint, so
         `from_pretrained` never re-randomises weights.
         """
+        if hasattr(module, "init_non_persistent_buffers"):
+            # timm modules whose buffers are computed, not saved (Swin's relative position index and attention
+            # mask): `from_pretrained` builds on the meta device, so they must be recomputed, as TimmBackbone does.
+            module.init_non_persistent_buffers()
         if isinstance(module, FastFCNClassifierConv):
             init.normal_(module.weight, std=self.config.initializer_range)
             init.zeros_(module.bias)
@@ -343,7 +379,8 @@ class FastFCNPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.num_batches_tracked)
         elif isinstance(module, nn.Linear):
             init.normal_(module.weight, std=self.config.initializer_range)
-            init.zeros_(module.bias)
+            if module.bias is not None:  # e.g. Swin's patch merging
+                init.zeros_(module.bias)
         elif isinstance(module, FastFCNEncoding):
             bound = 1.0 / (module.num_codes * module.channels) ** 0.5
             init.uniform_(module.codewords, -bound, bound)
@@ -433,7 +470,7 @@ class FastFCNForSemanticSegmentation(FastFCNPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
 
-        features = self.backbone(pixel_values)  # stride 8, 16, 32 (8, 8, 8 when dilated)
+        features = backbone_features(self.backbone, pixel_values)  # stride 8, 16, 32 (8, 8, 8 when dilated)
         head_input = self.neck(features) if self.neck is not None else features[-1]
         se_logits = None
         if self.config.decode_head == "enc":
@@ -564,5 +601,6 @@ __all__ = [
     "FastFCNJointPyramidUpsampling",
     "FastFCNPreTrainedModel",
     "FastFCNPyramidPoolingHead",
+    "backbone_features",
     "build_backbone",
 ]
