@@ -77,6 +77,14 @@ _MMSEG_CONFIGS = "https://github.com/open-mmlab/mmsegmentation/blob/v1.2.2/confi
 _FASTFCN_README = f"{_MMSEG_CONFIGS}/fastfcn/metafile.yaml"
 _CITYSCAPES_RECIPE = {"iterations": 80_000, "crop_size": (512, 1024), "optimizer": "SGD lr 0.01, momentum 0.9, wd 5e-4",
                       "schedule": "poly, power 0.9, min lr 1e-4"}  # fmt: skip
+# Beyond ResNet (the paper's JPU replaces dilation in any stride-8/16/32 pyramid): timm backbone, its short title, and
+# the width of the JPU branches and decode head (the auxiliary head gets half), sized to each backbone's cost.
+_TIMM_JPU = {
+    "convnext_tiny": ("convnext_tiny", "ConvNeXt-T", 256),
+    "efficientnet_b3": ("efficientnet_b3", "EfficientNet-B3", 128),
+    "swin_tiny": ("swin_tiny_patch4_window7_224", "Swin-T", 256),
+    "mobilenetv3_large": ("mobilenetv3_large_100", "MobileNetV3-Large", 64),
+}
 
 
 def _fastfcn_checkpoint(stem: str, stamp: str) -> str:
@@ -155,6 +163,16 @@ VARIANTS: tuple[Variant, ...] = (
         Variant(f"{arch}_r18_d8", f"Light {_HEAD_NAMES[head].split(' ')[0]}, dilated ResNet-18-D8 baseline",
                 {**_LIGHT, "backbone_layout": "d8", "neck": None, **_HEADS[head]})
         for arch, head in (("deeplabv3", "aspp"), ("pspnet", "psp"), ("encnet", "enc"))
+    ),
+    # Other timm families + JPU: ImageNet backbones (`backbone_pretrained=True`), not pretrained on segmentation data.
+    *(
+        Variant(f"fastfcn_{short}_jpu_{head}",
+                f"FastFCN + {_HEAD_NAMES[head].split(' ')[0]}, {title} + JPU (not pretrained on segmentation data)",
+                {"backbone": backbone, "backbone_layout": "d32", "neck": "jpu", "jpu_channels": width,
+                 "head_channels": width, "auxiliary_channels": width // 2, "num_codes": 16 if width < 128 else 32,
+                 **_HEADS[head]})
+        for short, (backbone, title, width) in _TIMM_JPU.items()
+        for head in ("aspp", "psp", "enc")
     ),
 )  # fmt: skip
 
