@@ -15,6 +15,7 @@ backbone stem. Layer semantics follow mmsegmentation's FastFCN (open-mmlab/mmseg
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -193,21 +194,39 @@ class FastFCNEncoding(nn.Module):
 
     For pixels x_n and codewords c_k with smoothing factors s_k:
         a_nk = softmax_k(s_k * ||x_n - c_k||^2),   e_k = sum_n a_nk (x_n - c_k)
+
+    The direct formula builds a [B, N, K, C] residual tensor (2 GB for one 1024x2048 image). Here it is computed
+    with matmuls, `chunk_size` pixels at a time: ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2 and
+    e_k = sum_n a_nk x_n - (sum_n a_nk) c_k. Pixels and codewords are first shifted by the mean pixel (distances and
+    residuals do not change), which keeps the expansion's cancellation error at float32 rounding of the spread, not
+    of the magnitude. Extra memory is O(B * chunk_size * (C + K)); it always runs in float32.
     """
 
-    def __init__(self, channels: int, num_codes: int) -> None:
+    def __init__(self, channels: int, num_codes: int, chunk_size: int = 4096) -> None:
         super().__init__()
         self.channels, self.num_codes = channels, num_codes
+        self.chunk_size = chunk_size  # pixels per chunk: bounds the working memory, not the result
         self.codewords = nn.Parameter(torch.empty(num_codes, channels))
         self.scale = nn.Parameter(torch.empty(num_codes))
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
-        batch_size = hidden_state.shape[0]
-        pixels = hidden_state.view(batch_size, self.channels, -1).transpose(1, 2)  # [B, N, C]
-        residuals = pixels.unsqueeze(2) - self.codewords.view(1, 1, self.num_codes, self.channels)  # [B, N, K, C]
-        scaled_l2 = self.scale.view(1, 1, self.num_codes) * residuals.pow(2).sum(dim=3)  # [B, N, K]
-        assignment = F.softmax(scaled_l2, dim=2)
-        return (assignment.unsqueeze(3) * residuals).sum(dim=1)  # [B, K, C]
+        device_type = hidden_state.device.type
+        in_autocast = device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type)
+        with torch.autocast(device_type, enabled=False) if in_autocast else contextlib.nullcontext():
+            pixels = hidden_state.float().flatten(2).transpose(1, 2)  # [B, N, C] (a view for NCHW inputs)
+            center = pixels.mean(dim=1, keepdim=True)  # [B, 1, C]
+            codewords = self.codewords.float().unsqueeze(0) - center  # [B, K, C]
+            codeword_norms = codewords.pow(2).sum(dim=2).unsqueeze(1)  # [B, 1, K]
+            scale = self.scale.float().view(1, 1, self.num_codes)
+            aggregated = pixels.new_zeros(pixels.shape[0], self.num_codes, self.channels)  # sum_n a_nk x_n
+            mass = pixels.new_zeros(pixels.shape[0], self.num_codes, 1)  # sum_n a_nk
+            for chunk in pixels.split(self.chunk_size, dim=1):
+                chunk = chunk - center  # [B, n, C]
+                distances = chunk.pow(2).sum(dim=2, keepdim=True) - 2 * chunk @ codewords.transpose(1, 2)
+                assignment = F.softmax(scale * (distances + codeword_norms), dim=2)  # [B, n, K]
+                aggregated = aggregated + assignment.transpose(1, 2) @ chunk
+                mass = mass + assignment.sum(dim=1).unsqueeze(2)
+            return aggregated - mass * codewords  # [B, K, C]
 
 
 class FastFCNContextEncoding(nn.Module):
