@@ -21,7 +21,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -38,6 +38,14 @@ TRAINING_ONLY_PREFIXES: tuple[str, ...] = ("auxiliary_head.", "decode_head.se_la
 OUTPUT_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md")
 
 
+class ConversionResult(NamedTuple):
+    """What `convert_checkpoint` produced."""
+
+    output_dir: Path
+    variant: Variant
+    hash_matches_name: bool | None  # see `LoadedCheckpoint.hash_matches_name`
+
+
 class ConversionError(ValueError):
     """A checkpoint that cannot be converted; the message says why and what to do."""
 
@@ -50,6 +58,13 @@ class LoadedCheckpoint:
     meta: dict[str, Any]
     filename: str
     sha256: str
+
+    @property
+    def hash_matches_name(self) -> bool | None:
+        """Whether the sha256 starts with the hash in an mmseg-style file name (`..._<stamp>-<hash>.pth`); None
+        when the name carries no hash. False means the file is not the one mmsegmentation released under that name."""
+        match = re.search(r"-([0-9a-f]{8,})\.pth$", self.filename)
+        return self.sha256.startswith(match.group(1)) if match else None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -245,12 +260,19 @@ def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tens
     if missing or unexpected:
 
         def show(keys: list[str]) -> str:
-            more = f" ... and {len(keys) - 8} more" if len(keys) > 8 else ""
-            return ", ".join(keys[:8]) + more if keys else "none"
+            """Counts per module (two name levels), then a few full keys: enough to see which part differs."""
+            if not keys:
+                return "none"
+            groups: dict[str, int] = {}
+            for key in keys:
+                module = ".".join(key.split(".")[:2])
+                groups[module] = groups.get(module, 0) + 1
+            summary = ", ".join(f"{module}.* ({count})" for module, count in groups.items())
+            return f"{summary}; e.g. {', '.join(keys[:3])}"
 
         raise ConversionError(
-            f"This checkpoint is not a {variant.name} ({variant.description}) model: {len(missing)} missing keys "
-            f"({show(missing)}); {len(unexpected)} unexpected keys ({show(unexpected)}). Check --variant / "
+            f"This checkpoint is not a {variant.name} ({variant.description}) model.\n  {len(missing)} missing "
+            f"keys: {show(missing)}\n  {len(unexpected)} unexpected keys: {show(unexpected)}\nCheck --variant / "
             "--mmseg-config, or pass the checkpoint of that architecture."
         )
     wrong = [
@@ -327,6 +349,7 @@ def save_converted(
     _prepare_output_dir(output_dir, overwrite)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+    staging.chmod(0o755)  # mkdtemp's 0700 would otherwise become the output directory's mode
     try:
         FastFCNImageProcessor.from_config(model.config, **variant.processor).save_pretrained(staging)
         model.save_pretrained(staging)
@@ -348,11 +371,11 @@ def convert_checkpoint(
     variant: str | None = None,
     drop_training_heads: bool = False,
     overwrite: bool = False,
-) -> tuple[Path, Variant]:
+) -> ConversionResult:
     """Convert one mmsegmentation checkpoint into a directory that `from_pretrained` and `pipeline` load.
 
-    Returns the output directory and the variant it was converted as. Raises `ConversionError` with an actionable
-    message for bad input; nothing is left at `output_dir` when it fails.
+    Returns the output directory, the variant it was converted as and whether the file is the released one.
+    Raises `ConversionError` with an actionable message for bad input; nothing is left at `output_dir` then.
     """
     _prepare_output_dir(Path(output_dir), overwrite)  # fail before the slow part
     checkpoint = load_checkpoint(source)
@@ -363,7 +386,8 @@ def convert_checkpoint(
             f"{', '.join(list_models(released=True))}."
         )
     model = build_converted_model(checkpoint, chosen, drop_training_heads)
-    return save_converted(model, chosen, output_dir, checkpoint, overwrite), chosen
+    output_dir = save_converted(model, chosen, output_dir, checkpoint, overwrite)
+    return ConversionResult(output_dir, chosen, checkpoint.hash_matches_name)
 
 
 __all__ = [
@@ -371,6 +395,7 @@ __all__ = [
     "STEM_RENAMES",
     "TRAINING_ONLY_PREFIXES",
     "ConversionError",
+    "ConversionResult",
     "LoadedCheckpoint",
     "build_converted_model",
     "check_state_dict",

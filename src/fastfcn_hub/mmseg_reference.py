@@ -4,13 +4,14 @@ Used by the parity tests and the benchmarks, never by the package itself. mmsegm
 (`pip install "fastfcn-hub[parity]"`); mmcv-lite has no compiled ops, so a stand-in `mmcv._ext` is registered before
 mmseg is imported (none of the FastFCN / DeepLabV3 / PSPNet / EncNet / FCN modules calls a compiled op).
 
-The API is five functions, all on plain tensors and numpy arrays:
+The API is a few functions, all on plain tensors and numpy arrays:
 
     model = build_model("fastfcn_r50-d32_jpu_psp_4xb2-80k_cityscapes-512x1024")   # SyncBN -> BN, eval mode
     randomize_(model, seed=0)                                                      # every weight and BN statistic
     save_checkpoint(model, "model.pth")                                            # {'meta', 'state_dict'}
     logits = whole_image_logits(model, rgb_uint8)                                  # [C, H, W], mmseg's own path
     losses = training_loss(model, [rgb_uint8, ...], [label, ...])                  # mmseg's `model.loss`
+    label = load_label_map(config_name, "annotation.png")                          # its LoadAnnotations
 """
 
 from __future__ import annotations
@@ -148,6 +149,22 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: dict[str, Any] | N
     return path
 
 
+def load_label_map(config_name: str, path: str | Path) -> np.ndarray:
+    """An annotation image as the config's training pipeline loads it (its own `LoadAnnotations` step).
+
+    For ADE20K that step has `reduce_zero_label=True`: label 0 ("other") becomes 255 and 1..150 become 0..149.
+    """
+    import_mmseg()
+    from mmengine.config import Config
+    from mmseg.registry import TRANSFORMS
+
+    cfg = Config.fromfile(str(config_path(config_name)))
+    step = next(dict(t) for t in cfg.train_pipeline if t["type"] == "LoadAnnotations")
+    loader = TRANSFORMS.build(step)
+    results = {"seg_map_path": str(path), "reduce_zero_label": bool(step.get("reduce_zero_label")), "seg_fields": []}
+    return loader(results)["gt_seg_map"]
+
+
 def _data_sample(height: int, width: int, label: np.ndarray | None = None) -> Any:
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
@@ -220,6 +237,7 @@ __all__ = [
     "config_path",
     "copy_model",
     "import_mmseg",
+    "load_label_map",
     "randomize_",
     "save_checkpoint",
     "training_loss",

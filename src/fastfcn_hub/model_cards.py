@@ -24,7 +24,7 @@ DEFAULT_OUTPUT = Path("MODEL_CARDS")
 # Rows whose numbers the project's reference table got wrong; the card says where the right ones come from.
 REFERENCE_TABLE_NOTES = {
     "fastfcn_r50_jpu_aspp.cityscapes_4xb2": (
-        "The project's reference table has placeholder values (999 / 0) for this row; the numbers above are "
+        "The project's reference table has placeholder values for this row; the numbers above are "
         "mmsegmentation's metafile entry for this checkpoint."
     ),
 }
@@ -161,7 +161,9 @@ def _body(variant: Variant, config: Any, converted_from: dict[str, str] | None) 
         "ade20k": "images resized keeping their aspect ratio to fit 2048x512",
     }[variant.dataset]
     lines = [
-        f"# {variant.description}, {dataset} ({variant.tag})",
+        f"# {variant.name}",
+        "",
+        f"**{variant.description}**, trained on {dataset}.",
         "",
         f"mmsegmentation's `{variant.mmseg_config}` checkpoint, converted to a transformers model by "
         "fastfcn-hub. [FastFCN](https://arxiv.org/abs/1903.11816) (Wu et al., 2019) replaces the dilated backbone "
@@ -327,4 +329,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["card_data", "model_card", "usage_snippet", "write_model_cards"]
+def pretrained_table_markdown() -> str:
+    """The variant -> hub repo id table of docs/pretrained.md (and the README), from the variant table."""
+    rows = [
+        "| variant | hub repo id | mmsegmentation config | mIoU | mIoU (ms+flip) |",
+        "|---|---|---|---:|---:|",
+    ]
+    for v in (v for v in VARIANTS if v.released):
+        rows.append(
+            f"| `{v.name}` | [`{v.hub_repo_id}`](https://huggingface.co/{v.hub_repo_id}) | `{v.mmseg_config}` | "
+            f"{v.miou:.2f} | {v.miou_ms_flip:.2f} |"
+        )
+    return "\n".join(rows)
+
+
+__all__ = ["card_data", "model_card", "pretrained_table_markdown", "usage_snippet", "write_model_cards"]

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from ..conversion import ConversionError, convert_checkpoint
 
     try:
-        output_dir, variant = convert_checkpoint(
+        result = convert_checkpoint(
             args.checkpoint,
             args.output_dir,
             mmseg_config=args.mmseg_config,
@@ -45,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    output_dir, variant = result.output_dir, result.variant
     files = ", ".join(sorted(path.name for path in output_dir.iterdir()))
+    if result.hash_matches_name is False:
+        print("note: the file's sha256 does not start with the hash in its name: it is not the file mmsegmentation "
+              "released under that name (fine for your own checkpoints).", file=sys.stderr)  # fmt: skip
     print(f"converted {Path(str(args.checkpoint)).name} as {variant.name} -> {output_dir}\n  files: {files}")
     return 0

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="fastfcn-push-") as scratch:
         target = args.dry_run if args.dry_run is not None else Path(scratch) / "upload"
         try:
-            folder, variant = convert_checkpoint(
+            folder, variant, _ = convert_checkpoint(
                 args.checkpoint,
                 target,
                 mmseg_config=args.mmseg_config,
