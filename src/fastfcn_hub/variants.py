@@ -187,6 +187,21 @@ def list_models(pattern: str | None = None, released: bool | None = None) -> lis
     return names
 
 
+def variant_table_markdown() -> str:
+    """The README's variant table, generated from `VARIANTS` so that the two cannot drift apart."""
+    rows = [
+        "| name | model | classes | converted weights | mIoU | mIoU (ms+flip) |",
+        "|---|---|---:|---|---:|---:|",
+    ]
+    for v in VARIANTS:
+        classes = len(v.config.get("id2label", {})) or 19
+        weights = f"`{v.hub_repo_id}`" if v.hub_repo_id else "—"
+        miou = f"{v.miou:.2f}" if v.miou is not None else "—"
+        ms = f"{v.miou_ms_flip:.2f}" if v.miou_ms_flip is not None else "—"
+        rows.append(f"| `{v.name}` | {v.description} | {classes} | {weights} | {miou} | {ms} |")
+    return "\n".join(rows)
+
+
 def get_variant(name: str) -> Variant:
     """Look a variant up by full name, or by architecture alone (its first tag). Unknown names suggest matches."""
     if name in _BY_NAME:
