@@ -576,6 +576,15 @@ class FastFCNForSemanticSegmentation(FastFCNPreTrainedModel):
 
             FastFCNImageProcessor.from_config(self.config).save_pretrained(save_directory)
 
+    def optimize_for_inference(self, **kwargs) -> FastFCNForSemanticSegmentation:
+        """An inference copy: BatchNorm folded, channels_last, CPU kernel fixes; logits within 1e-4 in float32.
+
+        See `fastfcn_hub.optimize.optimize_for_inference` for the options (`compile=True`, `inplace=True`, ...).
+        """
+        from .optimize import optimize_for_inference
+
+        return optimize_for_inference(self, **kwargs)
+
     def load_backbone_weights(self, source: str | Path | None = None) -> FastFCNForSemanticSegmentation:
         """Load ImageNet-pretrained timm weights into the backbone, explicitly and after initialisation.
 

@@ -1,0 +1,85 @@
+"""`optimize_for_inference`: every rewrite keeps float32 logits within 1e-4 of the plain model."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastfcn_hub import create_model
+from fastfcn_hub.optimize import PrePaddedConv2d, SubsampledConv2d, optimize_for_inference
+
+
+@torch.no_grad()
+def randomize_batchnorms(model: nn.Module) -> nn.Module:
+    """Non-trivial BN statistics and affine terms, so that folding has something to get wrong."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+            module.weight.uniform_(0.5, 1.5)
+            module.bias.uniform_(-0.2, 0.2)
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def count(model: nn.Module, kind: type) -> int:
+    return sum(isinstance(module, kind) for module in model.modules())
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("fastfcn_r18_jpu_psp", {}),
+        ("fastfcn_r18_jpu_aspp", {}),
+        ("fastfcn_r18_jpu_enc", {}),
+        ("fastfcn_r18_jpu_psp", {"backbone_layout": "d32_mmseg"}),  # strided + dilated backbone convs
+        ("pspnet_r18_d8", {}),
+    ],
+)
+def test_optimized_logits_match_plain_model(name: str, overrides: dict) -> None:
+    model = randomize_batchnorms(create_model(name, **overrides).eval())
+    keys_before = set(model.state_dict())
+    optimized = model.optimize_for_inference()
+    pixel_values = torch.randn(1, 3, 128, 224)
+    with torch.no_grad():
+        expected = model(pixel_values).logits
+        actual = optimized(pixel_values.contiguous(memory_format=torch.channels_last)).logits
+        contiguous_input = optimized(pixel_values).logits
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(contiguous_input, expected, rtol=1e-4, atol=1e-4)
+    assert count(optimized, nn.BatchNorm2d) == 0  # every conv-BN pair folded
+    assert count(model, nn.BatchNorm2d) > 0 and set(model.state_dict()) == keys_before  # the original is untouched
+    assert not optimized.training and not any(p.requires_grad for p in optimized.parameters())
+    if model.config.neck == "jpu":
+        assert count(optimized, PrePaddedConv2d) == 1  # the JPU's dilation-8 depthwise conv
+    if model.config.backbone_layout == "d32_mmseg":
+        assert count(optimized, SubsampledConv2d) == 1  # layer4.0: stride 2 with dilation 2
+
+
+@pytest.mark.parametrize(("stride", "dilation", "size"), [(2, 2, (15, 22)), (2, 4, (16, 17)), (3, 3, (20, 31))])
+def test_subsampled_conv_equals_strided_dilated_conv(stride: int, dilation: int, size: tuple[int, int]) -> None:
+    conv = nn.Conv2d(6, 5, 3, stride=stride, padding=dilation, dilation=dilation, bias=True)
+    assert SubsampledConv2d.applies_to(conv)
+    x = torch.randn(2, 6, *size)
+    with torch.no_grad():
+        torch.testing.assert_close(SubsampledConv2d(conv)(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_rewrites_skip_convs_they_do_not_cover() -> None:
+    assert not SubsampledConv2d.applies_to(nn.Conv2d(4, 4, 3, stride=2, padding=1))  # not dilated
+    assert not SubsampledConv2d.applies_to(nn.Conv2d(4, 4, 3, stride=2, padding=3, dilation=3))  # 3 % 2 != 0
+    assert not PrePaddedConv2d.applies_to(nn.Conv2d(4, 4, 3, padding=8, dilation=8))  # not depthwise
+    assert not PrePaddedConv2d.applies_to(nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=4))  # small padding
+
+
+def test_pre_padded_depthwise_conv_matches_implicit_padding() -> None:
+    conv = nn.Conv2d(8, 8, 3, padding=8, dilation=8, groups=8, bias=True)
+    x = torch.randn(1, 8, 20, 33)
+    with torch.no_grad():
+        expected = F.conv2d(x, conv.weight, conv.bias, padding=8, dilation=8, groups=8)
+        torch.testing.assert_close(PrePaddedConv2d(conv)(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_inplace_optimization_returns_the_same_model() -> None:
+    model = create_model("fastfcn_r18_jpu_psp")
+    assert optimize_for_inference(model, inplace=True) is model
+    assert count(model, nn.BatchNorm2d) == 0 and not model.training
