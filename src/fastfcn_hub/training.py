@@ -13,8 +13,9 @@ The recipe (`schedule_80k.py` + `cityscapes.py` + the FastFCN configs) maps onto
 - validation and checkpoint every 8k iterations: `eval_steps=save_steps=8000`, mIoU from the streaming
   `TrainerMeanIoU` (`batch_eval_metrics=True`: logits are never accumulated).
 
-transformers' polynomial schedule is `(lr - lr_end) * (1 - t / T) ** power + lr_end`, which is mmengine's PolyLR
-with `eta_min=lr_end` (tests/test_training.py compares them against mmengine itself), so no custom scheduler.
+transformers' polynomial schedule is `(lr - lr_end) * (1 - t / T) ** power + lr_end`; mmengine's PolyLR is the same
+with `T = max_steps - 1` (`total_iters = end - begin - 1`), so `FastFCNTrainer` passes one step fewer
+(`mmseg_poly_schedule`) and tests/test_training.py compares the result with mmengine's PolyLR itself.
 """
 
 from __future__ import annotations
@@ -30,7 +31,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from transformers import HfArgumentParser, Trainer, TrainingArguments, default_data_collator, set_seed
+from transformers import (
+    HfArgumentParser,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
+from transformers.trainer_utils import SchedulerType
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +60,7 @@ class ModelArguments:
     loss_average: str | None = field(
         default=None,
         metadata={"help": "How cross-entropy is averaged: 'valid' (over labelled pixels, PyTorch's convention) or "
-                          "'all' (over every pixel, ignored ones count zero: mmsegmentation's). Default: the config's."},
+                          "'all' (over every pixel, ignored ones count zero: mmsegmentation's). None: the config's."},
     )  # fmt: skip
     sync_batchnorm: bool = field(
         default=True, metadata={"help": "Convert BatchNorm to SyncBatchNorm when training on several processes."}
@@ -118,6 +127,11 @@ class FastFCNTrainingArguments(TrainingArguments):
     report_to: None | str | list[str] = field(
         default_factory=lambda: "tensorboard" if _tensorboard_available() else "none"
     )
+    mmseg_poly_schedule: bool = field(
+        default=True,
+        metadata={"help": "With the polynomial schedule, reach lr_end on the last step as mmengine's PolyLR does "
+                          "(False: transformers' schedule, which reaches it one step after the end)."},
+    )  # fmt: skip
     decay_all_parameters: bool = field(
         default=True,
         metadata={"help": "Apply weight decay to every parameter, biases and norms included, as mmsegmentation does "
@@ -185,8 +199,33 @@ def convert_sync_batchnorm(module: nn.Module, process_group: Any = None) -> nn.M
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+class _EpochToDataset(TrainerCallback):
+    """Tell an `AugmentedDataset` which epoch starts, so each epoch gets fresh (and reproducible) augmentations."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.dataset.set_epoch(int(state.epoch + 1e-6) if state.epoch else 0)
+
+
 class FastFCNTrainer(Trainer):
-    """Trainer with mmsegmentation's weight decay on every parameter (when `decay_all_parameters`)."""
+    """Trainer with mmsegmentation's weight decay on every parameter (when `decay_all_parameters`) and its PolyLR end
+    point (when `mmseg_poly_schedule`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if hasattr(self.train_dataset, "set_epoch"):
+            self.add_callback(_EpochToDataset(self.train_dataset))
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
+        # mmengine's PolyLR decays over `end - begin - 1` steps: the last iteration already runs at eta_min.
+        # transformers' polynomial schedule with one step fewer is exactly that (tests compare with mmengine).
+        if self.args.lr_scheduler_type == SchedulerType.POLYNOMIAL and getattr(
+            self.args, "mmseg_poly_schedule", False
+        ):
+            num_training_steps = max(num_training_steps - 1, 1)
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         if getattr(self.args, "decay_all_parameters", False):
@@ -240,7 +279,7 @@ def build_trainer(
     model_args: ModelArguments, data_args: DataArguments, training_args: FastFCNTrainingArguments
 ) -> FastFCNTrainer:
     """Model, data, transforms, metric and Trainer, ready for `.train()`."""
-    from .data import CityscapesEvalTransform, CityscapesTrainTransform
+    from .data import AugmentedDataset, CityscapesEvalTransform, CityscapesTrainTransform
     from .image_processing_fastfcn import FastFCNImageProcessor
     from .metrics import TrainerMeanIoU
 
@@ -265,7 +304,7 @@ def build_trainer(
         model=model,
         args=training_args,
         data_collator=default_data_collator,
-        train_dataset=train_dataset.with_transform(train_transform),
+        train_dataset=AugmentedDataset(train_dataset, train_transform, seed=training_args.seed),
         eval_dataset=eval_dataset.with_transform(eval_transform) if eval_dataset is not None else None,
         processing_class=FastFCNImageProcessor.from_config(config),
         compute_metrics=metric,

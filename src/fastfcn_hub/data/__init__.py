@@ -11,6 +11,7 @@ from .cityscapes import (
 )
 from .synthetic import make_synthetic_cityscapes
 from .transforms import (
+    AugmentedDataset,
     CityscapesEvalTransform,
     CityscapesTrainTransform,
     PadTo,
@@ -22,6 +23,7 @@ from .transforms import (
 __all__ = [
     "IGNORE_INDEX",
     "LABEL_ENCODINGS",
+    "AugmentedDataset",
     "CityscapesEvalTransform",
     "CityscapesTrainTransform",
     "PadTo",

@@ -260,7 +260,36 @@ class CityscapesEvalTransform(_SegmentationTransform):
         return pixel_values.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
 
 
+class AugmentedDataset(torch.utils.data.Dataset):
+    """A map-style dataset of transformed rows whose randomness depends only on (seed, epoch, index).
+
+    Each row is transformed under its own torch seed (drawn from `numpy.random.SeedSequence([seed, epoch, index])`,
+    the global generator forked and restored around it), so an augmentation never depends on which rows were read
+    before it, in which process, or how far a data loader prefetched. That is what lets a run resumed from a
+    checkpoint (which skips the batches already seen) continue exactly as the uninterrupted run. Call `set_epoch`
+    at each epoch (the Trainer does, through `fastfcn_hub.training`) for fresh augmentations.
+    """
+
+    def __init__(self, dataset: Any, transform: _SegmentationTransform, seed: int = 0) -> None:
+        self.dataset, self.transform, self.seed, self.epoch = dataset, transform, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        row = self.dataset[int(index)]
+        sample_seed = int(np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1)[0])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            pixel_values, labels = self.transform.apply(row["image"], row["label"])
+        return {"pixel_values": pixel_values, "labels": labels}
+
+
 __all__ = [
+    "AugmentedDataset",
     "CityscapesEvalTransform",
     "CityscapesTrainTransform",
     "PadTo",
