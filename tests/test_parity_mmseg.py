@@ -126,3 +126,9 @@ def test_training_loss_matches(converted, mmseg_reference, tmp_path):
         assert "decode.loss_se" in expected  # the SE loss is part of what is compared
     relative = abs(loss.item() - expected["loss"].item()) / abs(expected["loss"].item())
     assert relative <= LOSS_RTOL, f"{variant.name}: loss {loss.item():.8g} vs mmseg {expected['loss'].item():.8g}"
+
+
+def test_parameter_count_matches(converted):
+    variant, reference, ours, _ = converted
+    ours_count = sum(p.numel() for p in ours.parameters())
+    assert ours_count == sum(p.numel() for p in reference.parameters()), variant.name
