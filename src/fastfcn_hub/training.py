@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,22 +139,34 @@ class FastFCNTrainingArguments(TrainingArguments):
                           "(False: transformers' default, no decay on biases and norms)."},
     )  # fmt: skip
 
+    def __post_init__(self) -> None:
+        # Under torchrun on a machine without an accelerator, accelerate only sets up CPU DDP when told `use_cpu`;
+        # otherwise every process would train alone on all data. Multi-process CPU runs need no extra flag.
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not torch.accelerator.is_available():
+            self.use_cpu = True
+        super().__post_init__()
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # SyncBatchNorm that also runs on CPU (gloo)
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """`nn.SyncBatchNorm` that also synchronises CPU tensors (gloo), where PyTorch's raises.
+class CPUSyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics span all processes, on CPU (gloo), where PyTorch's SyncBatchNorm
+    refuses to run (and DDP refuses it on CPU modules).
 
-    On accelerators it is PyTorch's. On CPU, in training with several processes, the batch statistics come from
-    per-process sums all-reduced with `torch.distributed.nn`'s differentiable all_reduce, so gradients flow across
-    processes as with PyTorch's CUDA kernels. Keys and buffers are those of `BatchNorm2d`.
+    The batch statistics come from per-process sums all-reduced with `torch.distributed.nn`'s differentiable
+    all_reduce, so gradients flow across processes as with PyTorch's CUDA kernels. Keys and buffers are those of
+    `BatchNorm2d`; outside distributed training it is `BatchNorm2d`.
     """
 
+    def __init__(self, *args: Any, process_group: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.process_group = process_group
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.device.type != "cpu" or not self.training or not dist.is_available() or not dist.is_initialized():
+        if not self.training or not dist.is_available() or not dist.is_initialized():
             return super().forward(input)
         group = self.process_group or dist.group.WORLD
         if dist.get_world_size(group) == 1:
@@ -180,17 +193,19 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         return output
 
 
-def convert_sync_batchnorm(module: nn.Module, process_group: Any = None) -> nn.Module:
-    """Replace every BatchNorm layer by `SyncBatchNorm`, keeping parameters and running statistics."""
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
-        converted = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                  module.track_running_stats, process_group)  # fmt: skip
+def convert_sync_batchnorm(module: nn.Module, device_type: str = "cpu", process_group: Any = None) -> nn.Module:
+    """Make every BatchNorm synchronised across processes: PyTorch's `SyncBatchNorm` for accelerators,
+    `CPUSyncBatchNorm` for CPU training. Parameters and running statistics are kept."""
+    if device_type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group)
+    if type(module) is nn.BatchNorm2d:
+        converted = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                     module.track_running_stats, process_group=process_group)  # fmt: skip
         converted.load_state_dict(module.state_dict())
         converted.train(module.training)
-        converted.to(device=next(iter(module.state_dict().values())).device)
-        return converted
+        return converted.to(module.weight.device if module.affine else module.running_mean.device)
     for name, child in module.named_children():
-        module.add_module(name, convert_sync_batchnorm(child, process_group))
+        module.add_module(name, convert_sync_batchnorm(child, device_type, process_group))
     return module
 
 
@@ -286,7 +301,7 @@ def build_trainer(
     set_seed(training_args.seed)  # the model's random init too, not only the Trainer's data order
     model = build_model(model_args)
     if training_args.world_size > 1 and model_args.sync_batchnorm:
-        model = convert_sync_batchnorm(model)
+        model = convert_sync_batchnorm(model, training_args.device.type)
         logger.info("Converted BatchNorm to SyncBatchNorm over %d processes.", training_args.world_size)
 
     config = model.config
@@ -360,7 +375,7 @@ __all__ = [
     "FastFCNTrainer",
     "FastFCNTrainingArguments",
     "ModelArguments",
-    "SyncBatchNorm",
+    "CPUSyncBatchNorm",
     "build_model",
     "build_trainer",
     "convert_sync_batchnorm",
