@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -209,6 +210,53 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise ValueError(f"Cannot read {path} as an image: {error}") from error
 
 
+def load_model(source: str | os.PathLike, random_weights: bool = False) -> tuple[torch.nn.Module, Any, str]:
+    """`(model, processor, name)` from a saved directory, a hub repo id or a variant name (see `list_models()`).
+
+    A variant with released weights loads them from the hub unless `random_weights`; other variants are built with
+    random weights (useful for smoke tests only). The processor comes from the directory / repo when it has one,
+    else from the model's config.
+    """
+    from .image_processing_fastfcn import FastFCNImageProcessor
+    from .modeling_fastfcn import FastFCNForSemanticSegmentation
+    from .variants import create_model, get_variant
+
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{text} is a folder but not a saved model (no config.json).")
+        model = FastFCNForSemanticSegmentation.from_pretrained(path)
+        has_processor = (path / "preprocessor_config.json").is_file()
+        processor = FastFCNImageProcessor.from_pretrained(path) if has_processor else None
+        name = path.resolve().name
+    else:
+        try:
+            variant = get_variant(text)
+        except KeyError as error:
+            if "/" not in text:
+                raise ValueError(f"{text!r} is not a model folder, a hub repo id (owner/name) or a variant: {error}")
+            variant = None
+        if variant is not None:
+            pretrained = variant.released and not random_weights
+            if not pretrained:
+                warnings.warn(f"{variant.name}: random weights (no released checkpoint loaded).", stacklevel=2)
+            model = create_model(text, pretrained=pretrained)
+            processor, name = None, variant.name
+        else:
+            try:
+                model = FastFCNForSemanticSegmentation.from_pretrained(text)
+            except OSError as error:
+                raise OSError(f"Could not load the model {text!r} from the hub (offline, or not cached): {error}")
+            try:
+                processor = FastFCNImageProcessor.from_pretrained(text)
+            except OSError:
+                processor = None
+            name = text.replace("/", "--")
+    processor = processor or FastFCNImageProcessor.from_config(model.config)
+    return model.eval(), processor, name
+
+
 def batches_by_size(items: Iterable[T], size_of: Callable[[T], tuple[int, int]], batch_size: int) -> Iterator[list[T]]:
     """Consecutive items grouped into batches of at most `batch_size` that share one size, order kept."""
     if batch_size < 1:
@@ -262,6 +310,7 @@ __all__ = [
     "batches_by_size",
     "expand_image_paths",
     "load_image",
+    "load_model",
     "predict_images",
     "predict_label_maps",
     "segment",
