@@ -87,6 +87,16 @@ def test_equals_reference_on_random_maps(seed, options):
     assert_same(mean_iou(predictions, references, 7, ignore_index, **options), expected)
 
 
+@pytest.mark.parametrize("ignore_index", [None, -100, -1, 0, 6, 7, 8, 300, 70_000])
+def test_any_ignore_index_and_far_out_of_range_values(ignore_index):
+    rng = np.random.default_rng(5)
+    values = np.array([-100_000, -100, -1, 0, 1, 5, 6, 7, 8, 255, 300, 70_000, 10**9])
+    predictions = [rng.choice(values, size=(9, 11)) for _ in range(3)]
+    references = [rng.choice(values, size=(9, 11)) for _ in range(3)]
+    expected = reference_mean_iou(predictions, references, 7, ignore_index)
+    assert_same(mean_iou(predictions, references, 7, ignore_index), expected)
+
+
 def test_evaluate_docstring_example():
     """The numbers printed in evaluate's own `mean_iou` documentation."""
     predictions = [np.array([[1, 2], [3, 4], [5, 255]]), np.array([[2, 7], [9, 2], [3, 6]]),

@@ -99,6 +99,7 @@ class MeanIoU:
         self.reduce_labels = reduce_labels
         self._device = torch.device(device) if device is not None else None
         self.confusion: torch.Tensor | None = None
+        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor, int]] = {}
 
     def reset(self) -> None:
         """Forget everything added so far."""
@@ -116,6 +117,25 @@ class MeanIoU:
             reference = torch.where(reference == 254, 255, reference)
         return reference
 
+    def _lookup_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Value -> confusion-matrix offset tables for references and predictions, indexed by `value + 1`.
+
+        Values are clamped to `[-1, high]` first; -1 and `high` stand for every value outside `[0, num_labels)`.
+        The ignore index, when it fits, maps to a sentinel row past the matrix. Returns the tables and `high`.
+        """
+        if device not in self._tables:
+            n, ignore = self.num_labels, self.ignore_index
+            ignore_in_table = ignore is not None and 0 <= ignore <= 65535
+            high = max(n, ignore + 1) if ignore_in_table else n
+            reference_table = torch.full((high + 2,), n * (n + 1), dtype=torch.int64)
+            reference_table[1 : n + 1] = torch.arange(n) * (n + 1)
+            if ignore_in_table:
+                reference_table[ignore + 1] = (n + 1) ** 2  # the sentinel row, dropped after counting
+            prediction_table = torch.full((high + 2,), n, dtype=torch.int64)
+            prediction_table[1 : n + 1] = torch.arange(n)
+            self._tables[device] = (reference_table.to(device), prediction_table.to(device), high)
+        return self._tables[device]
+
     def _fold(self, prediction: torch.Tensor, reference: torch.Tensor) -> None:
         """Add one `[H, W]` pair (or a stacked `[B, H, W]` pair) to the confusion matrix."""
         if prediction.shape != reference.shape:
@@ -124,15 +144,18 @@ class MeanIoU:
                 f"{tuple(reference.shape)}; resize the prediction to the label size first."
             )
         n = self.num_labels
-        reference = self._prepare_reference(reference)
-        prediction = prediction.long()
-        # Values outside [0, n) go to the extra bin n: they count for the other side's class, never for their own.
-        reference_bin = torch.where((reference >= 0) & (reference < n), reference, n)
-        prediction_bin = torch.where((prediction >= 0) & (prediction < n), prediction, n)
-        index = reference_bin * (n + 1) + prediction_bin
-        if self.ignore_index is not None:  # ignored pixels go to one more bin, dropped below (no host sync)
-            index = torch.where(reference == self.ignore_index, (n + 1) ** 2, index)
-        counts = torch.bincount(index.flatten(), minlength=(n + 1) ** 2 + 1)[: (n + 1) ** 2].view(n + 1, n + 1)
+        if self.label_map or self.reduce_labels:
+            reference = self._prepare_reference(reference)
+        reference_table, prediction_table, high = self._lookup_tables(reference.device)
+        # index = reference bin * (n + 1) + prediction bin, bin n for values outside [0, n); one gather per map
+        index = torch.take(reference_table, reference.long().clamp(-1, high).add_(1))
+        index += torch.take(prediction_table, prediction.long().clamp(-1, high).add_(1))
+        ignore = self.ignore_index
+        if ignore is not None and not 0 <= ignore <= 65535:  # an ignore index the table cannot hold
+            index = torch.where(reference == ignore, (n + 1) ** 2, index)
+        # ignored pixels land past the matrix and are sliced off: no boolean masking, no host sync on the GPU
+        counts = torch.bincount(index.flatten(), minlength=(n + 1) ** 2 + n + 1)[: (n + 1) ** 2]
+        counts = counts.view(n + 1, n + 1)
         if self.confusion is None:
             self.confusion = torch.zeros_like(counts)
         self.confusion += counts.to(self.confusion.device)
