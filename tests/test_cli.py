@@ -3,13 +3,17 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from fastfcn_hub.cli import COMMANDS, main
 from fastfcn_hub.variants import list_models
 
 
 def test_console_script_help_lists_every_command():
-    result = subprocess.run(["fastfcn-hub", "--help"], capture_output=True, text=True)
+    # The script installed beside this interpreter: CI runs the tests without activating the venv, so not via PATH.
+    script = Path(sys.executable).parent / "fastfcn-hub"
+    assert script.exists(), f"console script not installed at {script}"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     for command in COMMANDS:
         assert command in result.stdout
