@@ -6,7 +6,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastfcn_hub import create_model
-from fastfcn_hub.optimize import PrePaddedConv2d, SubsampledConv2d, optimize_for_inference
+from fastfcn_hub.modeling_fastfcn import FastFCNConvModule
+from fastfcn_hub.optimize import (
+    FactoredASPPHead,
+    FactoredPyramidPoolingHead,
+    PrePaddedConv2d,
+    SubsampledConv2d,
+    UpsampledBranchConv,
+    optimize_for_inference,
+)
 
 
 @torch.no_grad()
@@ -53,6 +61,30 @@ def test_optimized_logits_match_plain_model(name: str, overrides: dict) -> None:
         assert count(optimized, PrePaddedConv2d) == 1  # the JPU's dilation-8 depthwise conv
     if model.config.backbone_layout == "d32_mmseg":
         assert count(optimized, SubsampledConv2d) == 1  # layer4.0: stride 2 with dilation 2
+    factored = {"psp": FactoredPyramidPoolingHead, "aspp": FactoredASPPHead}.get(model.config.decode_head)
+    if factored is not None:
+        assert isinstance(optimized.decode_head, factored)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize(("size", "bins"), [((13, 21), [1, 2, 3, 6]), ((7, 5), [1, 3]), ((1, 9), [1])])
+def test_upsampled_branch_conv_equals_conv_of_upsampled_maps(
+    size: tuple[int, int], bins: list[int], align_corners: bool
+) -> None:
+    """The factored fusion conv against the plain one: concat of a dense map and upsampled pooled maps, BN unfolded."""
+    dense_channels, channels = 6, 4
+    fusion = randomize_batchnorms(FastFCNConvModule(dense_channels + len(bins) * channels, 5, 3, padding=1)).eval()
+    dense = torch.randn(2, dense_channels, *size)
+    pooled = [torch.randn(2, channels, min(b, size[0]), min(b, size[1])) for b in bins]
+    upsampled = [F.interpolate(p, size=size, mode="bilinear", align_corners=align_corners) for p in pooled]
+    parts = [slice(dense_channels + i * channels, dense_channels + (i + 1) * channels) for i in range(len(bins))]
+    assert UpsampledBranchConv.applies_to(fusion)
+    factored = UpsampledBranchConv(fusion, slice(0, dense_channels), parts, align_corners)
+    with torch.no_grad():
+        expected = fusion(torch.cat([dense, *upsampled], dim=1))
+        torch.testing.assert_close(factored(dense, pooled), expected, rtol=1e-5, atol=1e-5)
+    assert not UpsampledBranchConv.applies_to(FastFCNConvModule(8, 4, 3, padding=2, dilation=2))
+    assert not UpsampledBranchConv.applies_to(FastFCNConvModule(8, 4, 1))
 
 
 @pytest.mark.parametrize(("stride", "dilation", "size"), [(2, 2, (15, 22)), (2, 4, (16, 17)), (3, 3, (20, 31))])

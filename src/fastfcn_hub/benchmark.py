@@ -6,7 +6,7 @@ the machine's own measured matrix-multiply rate, for up to three implementations
 
 - ``mmseg``: mmsegmentation 1.2.2's model (when installed), random weights from `mmseg_reference.randomize_`;
 - ``plain``: ours with those weights converted (`conversion.convert_state_dict`), as `from_pretrained` gives it;
-- ``optimized``: `optimize_for_inference` of it (BN folded, channels_last inputs and weights).
+- ``optimized``: `optimize_for_inference` of it (BN folded, pooled branches fused before upsampling, channels_last).
 
 Whole-image latency is stride-8 logits plus the bilinear resize to the input size (mmseg's `encode_decode`).
 Peak memory is the allocator's peak of live tensor bytes during one forward above what was live before it:

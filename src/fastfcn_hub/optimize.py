@@ -9,6 +9,10 @@
 - depthwise convolutions with padding > 4 (the JPU's dilation-8 branch) padded explicitly first: oneDNN's NHWC
   depthwise kernel leaves its fast path for large implicit padding (measured 6-9x slower on an AVX2 EPYC,
   oneDNN 3.12), while `F.pad` + an unpadded convolution stays on it;
+- the fusion conv of the PSP and ASPP heads applied to their pooled branches *before* upsampling
+  (`UpsampledBranchConv`): conv and bilinear upsampling are both linear, so the 3x3 conv of an upsampled 1x1..6x6
+  map is nine small matmuls on the pooled map plus one separable interpolation. Half of the PSP bottleneck's
+  FLOPs and its 4096-channel concatenation disappear; the ASPP head loses its image-pool share;
 - channels_last weights (oneDNN and cuDNN convolutions run natively in NHWC; feed NHWC inputs too);
 - optionally `torch.compile`.
 
@@ -23,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from .modeling_fastfcn import FastFCNASPPHead, FastFCNConvModule, FastFCNPyramidPoolingHead
 
 
 class SubsampledConv2d(nn.Module):
@@ -89,6 +95,113 @@ class PrePaddedConv2d(nn.Module):
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(hidden_state, self.padding))
+
+
+def _shifted_interpolation(size_in: int, size_out: int, align_corners: bool, like: torch.Tensor) -> torch.Tensor:
+    """[size_out, 3, size_in]: entry [y, k] is the bilinear upsampling row of output position y + k - 1, or zeros.
+
+    Row y of bilinear upsampling holds the weights of the input positions that output position y mixes; tap k of a
+    3x3 "same" conv reads output position y + k - 1, which is zero padding outside the map.
+    """
+    identity = torch.eye(size_in, dtype=like.dtype, device=like.device).view(1, size_in, size_in, 1)
+    rows = F.interpolate(identity, size=(size_out, 1), mode="bilinear", align_corners=align_corners)[0, :, :, 0].T
+    rows = F.pad(rows, (0, 0, 1, 1))
+    return torch.stack([rows[k : k + size_out] for k in range(3)], dim=1)
+
+
+class UpsampledBranchConv(nn.Module):
+    """A head's 3x3 fusion ConvModule over `cat([dense, upsample(p_1), ..., upsample(p_n)])`, never upsampling p_i.
+
+    For each small map p (1x1 to 6x6 bins), each of the nine conv taps is a matmul on p itself; the shifted bilinear
+    interpolation then brings the sum to full size, first along x, then along y for all maps at once. Same values as
+    the plain conv up to float32 summation order.
+    """
+
+    def __init__(self, fusion: FastFCNConvModule, dense: slice, pooled: list[slice], align_corners: bool) -> None:
+        super().__init__()
+        conv = fusion.conv
+        self.align_corners = align_corners
+        self.dense_conv = nn.Conv2d(
+            dense.stop - dense.start, conv.out_channels, 3, padding=1, bias=conv.bias is not None
+        )
+        self.dense_conv.weight = nn.Parameter(conv.weight[:, dense].detach().clone(), requires_grad=False)
+        if conv.bias is not None:
+            self.dense_conv.bias = conv.bias
+        # [O, C, 3, 3] -> [3 (ky), 3 (kx), O, C] -> [9 * O, C]: one matmul per small map gives every tap.
+        self.pooled_weights = nn.ParameterList(
+            nn.Parameter(
+                conv.weight[:, part].detach().permute(2, 3, 0, 1).reshape(-1, part.stop - part.start).contiguous(),
+                requires_grad=False,
+            )
+            for part in pooled
+        )
+        self.bn, self.activate = fusion.bn, fusion.activate
+
+    @staticmethod
+    def applies_to(fusion: nn.Module) -> bool:
+        conv = getattr(fusion, "conv", None)
+        return (
+            type(conv) is nn.Conv2d
+            and conv.kernel_size == (3, 3)
+            and conv.padding == (1, 1)
+            and conv.stride == conv.dilation == (1, 1)
+            and conv.groups == 1
+            and conv.padding_mode == "zeros"
+        )
+
+    def forward(self, dense: torch.Tensor, pooled: list[torch.Tensor]) -> torch.Tensor:
+        out = self.dense_conv(dense)
+        batch, channels, height, width = out.shape
+        rows, row_weights = [], []
+        for weight, small in zip(self.pooled_weights, pooled):
+            small_h, small_w = small.shape[2:]
+            taps = torch.matmul(weight, small.flatten(2))  # [B, 9 * O, h * w]
+            taps = taps.view(batch, 3, 3, channels, small_h, small_w).permute(0, 1, 4, 2, 5, 3)  # [B, ky, i, kx, j, O]
+            along_x = _shifted_interpolation(small_w, width, self.align_corners, small).reshape(width, 3 * small_w)
+            taps = torch.matmul(along_x, taps.reshape(batch, 3, small_h, 3 * small_w, channels))  # [B, ky, i, W, O]
+            rows.append(taps.reshape(batch, 3 * small_h, width * channels))
+            row_weights.append(_shifted_interpolation(small_h, height, self.align_corners, small).flatten(1))
+        upsampled = torch.matmul(torch.cat(row_weights, dim=1), torch.cat(rows, dim=1))  # [B, H, W * O]
+        out = out + upsampled.view(batch, height, width, channels).permute(0, 3, 1, 2)
+        return self.activate(self.bn(out))
+
+
+class FactoredPyramidPoolingHead(nn.Module):
+    """`FastFCNPyramidPoolingHead` with its bottleneck as an `UpsampledBranchConv` (the same weights, shared)."""
+
+    def __init__(self, head: FastFCNPyramidPoolingHead) -> None:
+        super().__init__()
+        channels = head.psp_modules[0][1].conv.out_channels
+        in_channels = head.bottleneck.conv.in_channels - len(head.psp_modules) * channels
+        pooled = [
+            slice(in_channels + i * channels, in_channels + (i + 1) * channels) for i in range(len(head.psp_modules))
+        ]
+        self.psp_modules = head.psp_modules
+        self.bottleneck = UpsampledBranchConv(head.bottleneck, slice(0, in_channels), pooled, head.align_corners)
+        self.dropout, self.conv_seg = head.dropout, head.conv_seg
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        fused = self.bottleneck(hidden_state, [stage(hidden_state) for stage in self.psp_modules])
+        return self.conv_seg(self.dropout(fused))
+
+
+class FactoredASPPHead(nn.Module):
+    """`FastFCNASPPHead` with its bottleneck as an `UpsampledBranchConv`: the image-pool branch stays 1x1."""
+
+    def __init__(self, head: FastFCNASPPHead) -> None:
+        super().__init__()
+        channels = head.image_pool[1].conv.out_channels
+        total = head.bottleneck.conv.in_channels
+        self.image_pool, self.aspp_modules = head.image_pool, head.aspp_modules
+        self.bottleneck = UpsampledBranchConv(
+            head.bottleneck, slice(channels, total), [slice(0, channels)], head.align_corners
+        )
+        self.dropout, self.conv_seg = head.dropout, head.conv_seg
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        dense = torch.cat([branch(hidden_state) for branch in self.aspp_modules], dim=1)
+        fused = self.bottleneck(dense, [self.image_pool(hidden_state)])
+        return self.conv_seg(self.dropout(fused))
 
 
 def _last_conv(module: nn.Module) -> tuple[nn.Module, str] | None:
@@ -160,12 +273,25 @@ def pre_pad_depthwise_convs(model: nn.Module) -> int:
     return wrapped
 
 
+def factor_pooled_branches(model: nn.Module) -> int:
+    """Replace PSP and ASPP heads by their factored forms, in place; returns how many were replaced."""
+    factored = {FastFCNPyramidPoolingHead: FactoredPyramidPoolingHead, FastFCNASPPHead: FactoredASPPHead}
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) in factored and UpsampledBranchConv.applies_to(child.bottleneck):
+                setattr(parent, name, factored[type(child)](child))
+                replaced += 1
+    return replaced
+
+
 def optimize_for_inference(
     model: nn.Module,
     channels_last: bool = True,
     fold_batchnorm: bool = True,
     subsample_dilated: bool = True,
     pre_pad_depthwise: bool = True,
+    factor_pooling: bool = True,
     compile: bool = False,
     inplace: bool = False,
 ) -> nn.Module:
@@ -177,6 +303,7 @@ def optimize_for_inference(
         fold_batchnorm: fold BatchNorm2d into the preceding convolution.
         subsample_dilated: rewrite strided + dilated convolutions as subsample + dilated convolution.
         pre_pad_depthwise: pad explicitly before depthwise convolutions with large padding (a CPU/oneDNN fix).
+        factor_pooling: apply the PSP / ASPP fusion conv to pooled branches before upsampling them.
         compile: wrap the forward in `torch.compile` (first call compiles; needs a working compiler toolchain).
         inplace: rewrite `model` itself instead of a deep copy.
     """
@@ -189,6 +316,8 @@ def optimize_for_inference(
         subsample_strided_dilated_convs(model)
     if pre_pad_depthwise:
         pre_pad_depthwise_convs(model)
+    if factor_pooling:  # after folding, so that the factored conv carries the folded bias
+        factor_pooled_branches(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if compile:
@@ -197,6 +326,10 @@ def optimize_for_inference(
 
 
 __all__ = [
+    "FactoredASPPHead",
+    "FactoredPyramidPoolingHead",
+    "UpsampledBranchConv",
+    "factor_pooled_branches",
     "PrePaddedConv2d",
     "SubsampledConv2d",
     "fold_batchnorms",
