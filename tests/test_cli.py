@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fastfcn_hub.cli import COMMANDS, main
 from fastfcn_hub.variants import list_models
 
@@ -38,3 +40,17 @@ def test_unknown_command_fails_with_usage():
     result = subprocess.run([sys.executable, "-m", "fastfcn_hub.cli", "frobnicate"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+def test_bad_input_is_reported_without_traceback(tmp_path, capsys, monkeypatch):
+    """Commands raise ValueError/OSError for bad input; the CLI prints the message and exits 2."""
+    monkeypatch.delenv("FASTFCN_HUB_TRACEBACK", raising=False)
+    not_a_checkpoint = tmp_path / "model.pth"
+    not_a_checkpoint.write_bytes(b"this is not a checkpoint")
+    assert main(["convert", str(not_a_checkpoint), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    monkeypatch.setenv("FASTFCN_HUB_TRACEBACK", "1")
+    with pytest.raises(ValueError):
+        main(["convert", str(not_a_checkpoint), str(tmp_path / "out")])

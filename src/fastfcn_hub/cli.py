@@ -1,13 +1,16 @@
 """The `fastfcn-hub` command line: one subcommand per job, each implemented in `fastfcn_hub.commands.<name>`.
 
 Every command module has `add_arguments(parser)` and `run(args) -> int`; modules are imported only when their
-command runs, so `fastfcn-hub --help` stays fast.
+command runs, so `fastfcn-hub --help` stays fast. Commands raise `ValueError` / `OSError` with an actionable message
+for bad input (a wrong folder, a checkpoint of another architecture); `main` prints it without a traceback and exits
+with status 2. Set `FASTFCN_HUB_TRACEBACK=1` to see the traceback too.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> one-line help. The implementation lives in fastfcn_hub/commands/<name>.py.
@@ -45,7 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"fastfcn_hub.commands.{name}")
     command_parser = argparse.ArgumentParser(prog=f"fastfcn-hub {name}", description=COMMANDS[name])
     module.add_arguments(command_parser)
-    return int(module.run(command_parser.parse_args(rest)) or 0)
+    args = command_parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, OSError) as error:  # bad input: the message says what to do
+        if os.environ.get("FASTFCN_HUB_TRACEBACK"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

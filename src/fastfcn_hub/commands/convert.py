@@ -31,20 +31,16 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..conversion import ConversionError, convert_checkpoint
+    from ..conversion import convert_checkpoint
 
-    try:
-        result = convert_checkpoint(
-            args.checkpoint,
-            args.output_dir,
-            mmseg_config=args.mmseg_config,
-            variant=args.variant,
-            drop_training_heads=args.drop_training_heads,
-            overwrite=args.overwrite,
-        )
-    except ConversionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = convert_checkpoint(  # a ConversionError (ValueError) is reported by the CLI
+        args.checkpoint,
+        args.output_dir,
+        mmseg_config=args.mmseg_config,
+        variant=args.variant,
+        drop_training_heads=args.drop_training_heads,
+        overwrite=args.overwrite,
+    )
     output_dir, variant = result.output_dir, result.variant
     files = ", ".join(sorted(path.name for path in output_dir.iterdir()))
     if result.hash_matches_name is False:

@@ -25,21 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..conversion import ConversionError, convert_checkpoint
+    from ..conversion import convert_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="fastfcn-push-") as scratch:
         target = args.dry_run if args.dry_run is not None else Path(scratch) / "upload"
-        try:
-            folder, variant, _ = convert_checkpoint(
-                args.checkpoint,
-                target,
-                mmseg_config=args.mmseg_config,
-                variant=args.variant,
-                drop_training_heads=args.drop_training_heads,
-            )
-        except ConversionError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+        folder, variant, _ = convert_checkpoint(  # a ConversionError (ValueError) is reported by the CLI
+            args.checkpoint,
+            target,
+            mmseg_config=args.mmseg_config,
+            variant=args.variant,
+            drop_training_heads=args.drop_training_heads,
+        )
         repo_id = args.repo_id or variant.hub_repo_id
         files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
         if args.dry_run is not None:
