@@ -112,7 +112,9 @@ def test_usage_snippet_runs_against_a_converted_directory(tmp_path, capsys):
     assert any(label in printed for label in model.config.id2label.values())
 
 
-def test_docs_table_is_generated_from_the_variant_table():
+def test_readme_pretrained_table_is_generated_from_the_variant_table():
     from fastfcn_hub.model_cards import pretrained_table_markdown
 
-    assert pretrained_table_markdown() in (ROOT / "docs" / "pretrained.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Pretrained weights", 1)[1].split("\n## ", 1)[0]
+    assert pretrained_table_markdown() in section

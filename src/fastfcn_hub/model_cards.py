@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def pretrained_table_markdown() -> str:
-    """The variant -> hub repo id table of docs/pretrained.md (and the README), from the variant table."""
+    """The variant -> hub repo id table of the README's "Pretrained weights" section, from the variant table."""
     rows = [
         "| variant | hub repo id | mmsegmentation config | mIoU | mIoU (ms+flip) |",
         "|---|---|---|---:|---:|",

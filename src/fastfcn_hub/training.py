@@ -9,7 +9,7 @@ The recipe (`schedule_80k.py` + `cityscapes.py` + the FastFCN configs) maps onto
 - 2 images per GPU: `per_device_train_batch_size=2`; SyncBN: BatchNorm becomes `SyncBatchNorm` when distributed.
 - decode CE + 0.4 auxiliary CE (+ 0.2 SE BCE for EncNet): the model's own loss.
 - CE averaged over all pixels (mmseg's `avg_non_ignore=False`): `--loss_average all`; the default, `valid`,
-  averages over labelled pixels (PyTorch's convention; see docs/training.md).
+  averages over labelled pixels (PyTorch's convention; see "Loss reduction" in the README).
 - validation and checkpoint every 8k iterations: `eval_steps=save_steps=8000`, mIoU from the streaming
   `TrainerMeanIoU` (`batch_eval_metrics=True`: logits are never accumulated).
 
