@@ -224,6 +224,7 @@ class BenchmarkSettings:
     train_size: tuple[int, int] = (512, 1024)
     train_batch: int = 2
     train_repeats: int = 1
+    profile: bool = False
     device: str = "auto"
     seed: int = 0
 
@@ -320,6 +321,77 @@ def benchmark_inference(settings: BenchmarkSettings, device: torch.device, rates
                     _log(f"    {name} {implementation}: {latency:.3f} s {memory}")
         del group
     return rows
+
+
+def profile_modules(
+    model: nn.Module, pixel_values: torch.Tensor, device: torch.device, depth: int = 2, repeats: int = 3
+) -> list[dict[str, Any]]:
+    """Median seconds per call of every submodule down to `depth` levels (`backbone`, `neck.dilation_layers`, ...).
+
+    Forward hooks time each module's whole call; nested rows overlap (a parent includes its children), and `share`
+    is of the whole forward. One warm-up call first.
+    """
+    starts: dict[str, float] = {}
+    times: dict[str, list[float]] = {}
+
+    def before(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any) -> None:
+            synchronize(device)
+            starts[name] = time.perf_counter()
+
+        return hook
+
+    def after(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            synchronize(device)
+            times.setdefault(name, []).append(time.perf_counter() - starts[name])
+
+        return hook
+
+    handles = []
+    for name, module in model.named_modules():
+        if name and name.count(".") < depth:
+            handles += [module.register_forward_pre_hook(before(name)), module.register_forward_hook(after(name))]
+    try:
+        with torch.inference_mode():
+            model(pixel_values)
+            times.clear()
+            total = time_call(lambda: model(pixel_values), device, warmup=0, repeats=repeats)
+    finally:
+        for handle in handles:
+            handle.remove()
+    forward = statistics.median(total)
+    modules = dict(model.named_modules())
+    rows = [{"module": "(forward)", "type": type(model).__name__, "seconds": forward, "share": 1.0}]
+    for name, values in times.items():  # call order: the data path, top to bottom
+        seconds = (
+            statistics.median(values) * len(values) / len(total)
+        )  # a module called twice per forward counts twice
+        rows.append(
+            {"module": name, "type": type(modules[name]).__name__, "seconds": seconds, "share": seconds / forward}
+        )
+    return rows
+
+
+def benchmark_profiles(settings: BenchmarkSettings, device: torch.device) -> list[dict[str, Any]]:
+    """`profile_modules` of each variant and its D8 baseline (ours, optimized if asked for), at the first size."""
+    implementation = "optimized" if "optimized" in settings.implementations else "plain"
+    height, width = settings.sizes[0]
+    pixel_values = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(settings.seed)).to(device)
+    if implementation == "optimized":
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+    profiles = []
+    for variant in settings.variants:
+        names = [variant] + ([D8_BASELINES[variant]] if settings.baselines and variant in D8_BASELINES else [])
+        for name in names:
+            model = create_model(name).eval().to(device)
+            if implementation == "optimized":
+                model = optimize_for_inference(model, inplace=True)
+            _log(f"  profiling {name} ({implementation}, {height}x{width}) ...")
+            modules = profile_modules(model, pixel_values, device, repeats=settings.repeats)
+            profiles.append({"variant": name, "implementation": implementation, "size": f"{height}x{width}",
+                             "modules": modules})  # fmt: skip
+    return profiles
 
 
 def benchmark_training(settings: BenchmarkSettings, device: torch.device) -> list[dict[str, Any]]:
@@ -445,12 +517,14 @@ def run_benchmark(settings: BenchmarkSettings) -> dict[str, Any]:
     machine["matmul_gflops_per_s"] = {p: rate / 1e9 for p, rate in rates.items()}
     rows = benchmark_inference(settings, device, rates) if settings.inference else []
     training = benchmark_training(settings, device) if settings.train else []
+    profiles = benchmark_profiles(settings, device) if settings.profile else []
     machine["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
         "settings": asdict(settings),
         "machine": machine,
         "inference": [asdict(row) for row in rows],
         "training": training,
+        "profiles": profiles,
         "ratios": summarize(rows, training),
     }
 
@@ -500,6 +574,13 @@ def format_table(result: dict[str, Any]) -> str:
                 f"{str(t['batch']) + 'x' + str(t['height']) + 'x' + str(t['width']):>14} "
                 f"{t['step_s']:>8.2f} {memory:>9}"
             )
+    for profile in result.get("profiles", []):
+        lines += ["", f"time by module: {profile['variant']} ({profile['implementation']}, {profile['size']})"]
+        for m in profile["modules"]:
+            indent = "  " * (m["module"].count(".") + (m["module"] != "(forward)"))
+            lines.append(
+                f"  {indent + m['module']:<40} {m['type']:<36} {m['seconds']:>8.3f} s {100 * m['share']:>5.1f}%"
+            )
     machine = result["machine"]
     rate = ", ".join(f"{p} {v:.0f}" for p, v in machine["matmul_gflops_per_s"].items())
     lines += [
@@ -527,6 +608,7 @@ __all__ = [
     "machine_info",
     "matmul_rate",
     "measure_peak_memory",
+    "profile_modules",
     "run_benchmark",
     "save_result",
     "time_call",

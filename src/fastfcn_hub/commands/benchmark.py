@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-size", type=_size, default=(512, 1024), help="training crop (default 512x1024)")
     parser.add_argument("--train-batch", type=int, default=2, help="training batch size (default 2)")
     parser.add_argument("--train-repeats", type=int, default=1, help="timed training steps (default 1)")
+    parser.add_argument(
+        "--profile", action="store_true", help="also time each submodule (two levels deep) at the first size"
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--output", default="benchmarks/results/benchmark.json", help="where to write the JSON")
@@ -88,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         train_size=args.train_size,
         train_batch=args.train_batch,
         train_repeats=args.train_repeats,
+        profile=args.profile,
         device=args.device,
     )
     result = run_benchmark(settings)
