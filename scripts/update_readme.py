@@ -123,8 +123,25 @@ def benchmark_markdown(result: dict[str, Any]) -> str:
             f"Training step ours/mmseg ({e['variant']}): time {e['step_time_ratio']:.3f}, "
             f"peak memory {_optional(e.get('peak_memory_ratio'), '.3f')}."
         )
+    if result.get("profiles"):
+        parts.append(profiles_markdown(result["profiles"]))
     parts.append(_machine_line(result["machine"]))
     return "\n\n".join(parts)
+
+
+def profiles_markdown(profiles: Sequence[dict[str, Any]]) -> str:
+    """Seconds per forward of the top-level modules (and the heads' fusion conv), one column per profiled model."""
+    wanted = ["backbone", "neck", "decode_head", "decode_head.bottleneck", "(forward)"]
+    tables = [{m["module"]: m for m in profile["modules"]} for profile in profiles]
+    header = "| module | " + " | ".join(f"{p['variant']} ({p['implementation']})" for p in profiles) + " |"
+    lines = [header, "|---|" + "---:|" * len(profiles)]
+    for module in wanted:
+        cells = [
+            f"{t[module]['seconds']:.2f} s ({100 * t[module]['share']:.0f}%)" if module in t else "-" for t in tables
+        ]
+        lines.append(f"| `{module}` | " + " | ".join(cells) + " |")
+    size = profiles[0]["size"]
+    return f"Time by module at {size} (`--profile`; seconds per forward, share of the forward):\n\n" + "\n".join(lines)
 
 
 def backbones_markdown(result: dict[str, Any]) -> str:
