@@ -64,7 +64,7 @@ def test_loading_into_another_number_of_labels(saved):
     assert model(torch.randn(1, 3, 64, 64)).logits.shape[1] == 5
 
 
-def test_pipeline_returns_one_mask_per_predicted_class(saved, monkeypatch):
+def test_pipeline_returns_one_mask_per_predicted_class(saved, monkeypatch, caplog):
     model, directory = saved
 
     def no_prompt(*args, **kwargs):
@@ -72,6 +72,7 @@ def test_pipeline_returns_one_mask_per_predicted_class(saved, monkeypatch):
 
     monkeypatch.setattr("builtins.input", no_prompt)  # our registered classes must load without any question
     segmenter = pipeline("image-segmentation", model=str(directory))
+    assert not [r for r in caplog.records if "is not supported" in r.getMessage()]  # no false "unsupported" error
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 200, 3), dtype=np.uint8))
     results = segmenter(image)
 

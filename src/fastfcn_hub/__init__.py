@@ -4,6 +4,8 @@ Importing the package registers FastFCN with transformers' Auto classes, so `Aut
 `AutoModelForSemanticSegmentation`, `AutoImageProcessor` and `pipeline("image-segmentation")` load saved models.
 """
 
+import logging
+
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, AutoVideoProcessor
 
 from .configuration_fastfcn import FastFCNConfig
@@ -27,6 +29,22 @@ AutoVideoProcessor.register(FastFCNConfig, video_processor_classes={}, exist_ok=
 FastFCNConfig.register_for_auto_class()
 FastFCNForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
 FastFCNImageProcessor.register_for_auto_class("AutoImageProcessor")
+
+
+class _RegisteredModelIsSupported(logging.Filter):
+    """Drop the image-segmentation pipeline's "model is not supported" error for our (registered) model.
+
+    The pipeline checks the model class against transformers' built-in name tables only, not the Auto classes'
+    registrations, and logs a false error although it then runs our model normally.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(
+            f"The model '{FastFCNForSemanticSegmentation.__name__}' is not supported"
+        )
+
+
+logging.getLogger("transformers.pipelines.base").addFilter(_RegisteredModelIsSupported())
 
 __all__ = [
     "ADE20K_CLASSES",
