@@ -144,6 +144,8 @@ class FastFCNTrainingArguments(TrainingArguments):
         # otherwise every process would train alone on all data. Multi-process CPU runs need no extra flag.
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not torch.accelerator.is_available():
             self.use_cpu = True
+        if self.use_cpu or not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns
         super().__post_init__()
 
 
