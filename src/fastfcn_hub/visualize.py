@@ -52,14 +52,22 @@ def overlay(
     palette: np.ndarray | None = None,
     alpha: float = 0.55,
     legend: bool = True,
+    min_width: int = 512,
 ) -> Image.Image:
-    """Blend the colour label map over the image and, optionally, add a legend of the classes present."""
+    """Blend the colour label map over the image and, optionally, add a legend of the classes present.
+
+    Images narrower than `min_width` are enlarged by a whole factor (nearest neighbour, so pixels stay visible as
+    blocks) so that small inputs are not dwarfed by the legend.
+    """
     label_map = np.asarray(label_map)
     palette = default_palette(len(id2label)) if palette is None else palette
     image = image.convert("RGB")
     if image.size != (label_map.shape[1], label_map.shape[0]):
         image = image.resize((label_map.shape[1], label_map.shape[0]), Image.BILINEAR)
     blended = Image.blend(image, colorize(label_map, palette), alpha)
+    if blended.width < min_width:
+        factor = -(-min_width // blended.width)
+        blended = blended.resize((blended.width * factor, blended.height * factor), Image.NEAREST)
     if not legend:
         return blended
 

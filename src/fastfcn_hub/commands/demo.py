@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--variant", default="fastfcn_r18_jpu_psp", help="a light named variant (default: %(default)s)"
     )
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/demo"), help="where results are written")
-    parser.add_argument("--steps", type=int, default=100, help="training steps (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=400, help="training steps (default: %(default)s)")
     parser.add_argument("--time-budget", type=float, default=210.0,
                         help="stop training after this many seconds (default: %(default)s)")  # fmt: skip
     parser.add_argument("--num-train", type=int, default=48)
