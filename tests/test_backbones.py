@@ -249,3 +249,11 @@ def test_other_timm_pyramids_work_too():
         model = FastFCN(config).eval()
         with torch.no_grad():
             assert model(torch.randn(1, 3, 70, 100)).logits.shape == (1, 19, 9, 13)
+
+
+def test_a_backbone_that_fails_at_run_time_names_itself():
+    """MViTv2 passes the meta-device probe but indexes fixed-size tables on real inputs: the error says so."""
+    config = FastFCNConfig(backbone="mvitv2_tiny", jpu_channels=32, head_channels=32, auxiliary_channels=16)
+    model = FastFCN(config).eval()
+    with pytest.raises(ValueError, match=r"timm backbone `mvitv2_tiny` failed on a \(256, 512\) input"):
+        model(torch.randn(1, 3, 250, 490))

@@ -343,7 +343,19 @@ def backbone_features(backbone: nn.Module, pixel_values: torch.Tensor) -> list[t
     pad_bottom, pad_right = (-height % size_multiple, -width % size_multiple) if size_multiple > 1 else (0, 0)
     if pad_bottom or pad_right:
         pixel_values = F.pad(pixel_values, (0, pad_right, 0, pad_bottom))
-    features = backbone(pixel_values)
+    try:
+        features = backbone(pixel_values)
+    except (RuntimeError, IndexError, ValueError, AssertionError) as error:
+        if isinstance(error, torch.OutOfMemoryError):
+            raise
+        # Some timm models pass the config-time probe on the meta device but index fixed-size tables at run time
+        # (MViTv2's relative positions); say which backbone failed on what, instead of a bare IndexError.
+        name = getattr(backbone, "pretrained_cfg", {}).get("architecture", type(backbone).__name__)
+        raise ValueError(
+            f"The timm backbone `{name}` failed on a {tuple(pixel_values.shape[-2:])} input: {error}. If it only "
+            f"works at its pretraining resolution, choose another backbone: FastFCN feeds images of any size "
+            f"(padded to a multiple of {size_multiple})."
+        ) from error
     if getattr(backbone, "output_fmt", "NCHW") == "NHWC":
         features = [level.permute(0, 3, 1, 2) for level in features]  # [B, h, w, C] -> [B, C, h, w]
     if pad_bottom or pad_right:
