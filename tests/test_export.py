@@ -71,3 +71,24 @@ def test_torch_export_matches_pytorch(tmp_path, name: str) -> None:
         expected = WholeImageSegmenter(model)(pixel_values)
         actual = torch.export.load(path).module()(pixel_values)
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_export_command_writes_checked_onnx_and_torch_export(tmp_path, capsys) -> None:
+    from fastfcn_hub.cli import main
+
+    model = create_model("fastfcn_r18_jpu_psp").eval()
+    model.save_pretrained(tmp_path / "model")
+    onnx_path, program_path = tmp_path / "out" / "model.onnx", tmp_path / "out" / "model.pt2"
+    assert main(["export", "--model", str(tmp_path / "model"), "--size", "96x192", "--output", str(onnx_path)]) == 0
+    assert onnx_path.is_file() and "onnxruntime vs PyTorch: max |logit difference|" in capsys.readouterr().out
+    assert main(["export", "--model", str(tmp_path / "model"), "--size", "96x192", "--output", str(program_path)]) == 0
+    program = torch.export.load(program_path)
+    pixel_values = torch.randn(1, 3, 96, 192)
+    with torch.no_grad():
+        expected = WholeImageSegmenter(model).eval()(pixel_values)
+        torch.testing.assert_close(program.module()(pixel_values), expected, rtol=1e-4, atol=1e-4)
+    # An impossible size for ONNX's pooling is refused with the sizes that work; nothing is written.
+    bad = tmp_path / "bad" / "model.onnx"
+    assert main(["export", "--model", str(tmp_path / "model"), "--size", "100x200", "--output", str(bad)]) == 2
+    assert "multiples of 48" in capsys.readouterr().err and not bad.exists()
+    assert main(["export", "--model", str(tmp_path / "model"), "--size", "96x192", "--output", "model.bin"]) == 2

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "score a model on a dataset (mIoU, per-class IoU and accuracy)",
     "predict": "segment images, folders or globs into label PNGs and colour overlays",
     "benchmark": "parameters, GFLOPs, latency and memory, beside mmsegmentation when installed",
+    "export": "export whole-image inference at a fixed size to ONNX (checked in onnxruntime) or torch.export",
 }
 
 

@@ -90,7 +90,8 @@ def check_export_size(model: FastFCNForSemanticSegmentation, height: int, width:
         f"Cannot export the PSP head to ONNX at {height}x{width}: its stride-8 map is {feature_height}x"
         f"{feature_width}, which adaptive average pooling into {scales} bins cannot split evenly (ONNX has no "
         f"uneven adaptive pooling). Use a height and width that are multiples of {step} (height {around(height)}, "
-        f"width {around(width)}), or pass `exact_pooling=True` to export fixed averaging matrices for this size."
+        f"width {around(width)}), or pass `exact_pooling=True` (`--exact-pooling` on the command line) to export "
+        "fixed averaging matrices for this size."
     )
 
 
