@@ -5,14 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..benchmark import DEFAULT_VARIANTS, IMPLEMENTATIONS, PRECISIONS, BenchmarkSettings
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"sizes are HEIGHTxWIDTH, e.g. 1024x2048; got {text!r}") from error
-    return height, width
+from . import image_size
 
 
 def _csv(choices: tuple[str, ...] | None = None):
@@ -35,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sizes",
-        type=lambda t: tuple(_size(s) for s in t.split(",")),
+        type=lambda t: tuple(image_size(s) for s in t.split(",")),
         default=((512, 1024), (1024, 2048)),
         help="comma-separated HxW (default: 512x1024,1024x2048)",
     )
@@ -59,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory pass")
     parser.add_argument("--train", action="store_true", help="also time one training step, ours and mmseg's")
     parser.add_argument("--no-inference", dest="inference", action="store_false", help="skip the inference rows")
-    parser.add_argument("--train-size", type=_size, default=(512, 1024), help="training crop (default 512x1024)")
+    parser.add_argument("--train-size", type=image_size, default=(512, 1024), help="training crop (default 512x1024)")
     parser.add_argument("--train-batch", type=int, default=2, help="training batch size (default 2)")
     parser.add_argument("--train-repeats", type=int, default=1, help="timed training steps (default 1)")
     parser.add_argument(

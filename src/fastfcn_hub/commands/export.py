@@ -5,19 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"the size is HEIGHTxWIDTH, e.g. 1008x2016; got {text!r}") from error
-    return height, width
+from . import image_size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="a saved model folder, a hub repo id or a variant name")
     parser.add_argument("--random-weights", action="store_true", help="a variant with random weights (smoke tests)")
-    parser.add_argument("--size", type=_size, required=True, help="the fixed input size HEIGHTxWIDTH")
+    parser.add_argument("--size", type=image_size, required=True, help="the fixed input size HEIGHTxWIDTH")
     parser.add_argument("--batch-size", type=int, default=1, help="the fixed batch size (default 1)")
     parser.add_argument("--output", type=Path, required=True, help="model.onnx, or model.pt2 for torch.export")
     parser.add_argument(
