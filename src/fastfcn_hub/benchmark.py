@@ -2,11 +2,12 @@
 
 For each variant and input size the benchmark records parameters, GFLOPs (`torch.utils.flop_counter`, counted on the
 meta device, so free), whole-image latency (warm-up, then the median of N), peak memory and achieved FLOP/s against
-the machine's own measured matrix-multiply rate, for up to three implementations of the same weights:
+the machine's own measured matrix-multiply rate, for up to four implementations of the same weights:
 
 - ``mmseg``: mmsegmentation 1.2.2's model (when installed), random weights from `mmseg_reference.randomize_`;
 - ``plain``: ours with those weights converted (`conversion.convert_state_dict`), as `from_pretrained` gives it;
-- ``optimized``: `optimize_for_inference` of it (BN folded, pooled branches fused before upsampling, channels_last).
+- ``optimized``: `optimize_for_inference` of it (BN folded, pooled branches fused before upsampling, channels_last);
+- ``compiled``: the same with `torch.compile` (opt-in: it needs a C++ compiler on CPU and compiles during warm-up).
 
 Whole-image latency is stride-8 logits plus the bilinear resize to the input size (mmseg's `encode_decode`).
 Peak memory is the allocator's peak of live tensor bytes during one forward above what was live before it:
@@ -48,7 +49,8 @@ D8_BASELINES: dict[str, str] = {
     "fastfcn_r18_jpu_enc": "encnet_r18_d8",
 }
 DEFAULT_VARIANTS = ("fastfcn_r50_jpu_psp", "fastfcn_r50_jpu_aspp", "fastfcn_r50_jpu_enc")
-IMPLEMENTATIONS = ("mmseg", "plain", "optimized")
+IMPLEMENTATIONS = ("mmseg", "plain", "optimized", "compiled")
+DEFAULT_IMPLEMENTATIONS = ("mmseg", "plain", "optimized")  # "compiled" needs a C++ compiler and minutes to compile
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LIBRARIES = ("torch", "torchvision", "timm", "transformers", "mmsegmentation", "mmengine", "mmcv-lite", "onnxruntime")
 
@@ -189,6 +191,8 @@ def build_models(variant: str, implementations: Sequence[str], seed: int = 0) ->
         models["plain"] = ours
     if "optimized" in implementations:
         models["optimized"] = optimize_for_inference(ours)
+    if "compiled" in implementations:
+        models["compiled"] = optimize_for_inference(ours, compile=True)  # compiles on the warm-up call
     return models
 
 
@@ -198,7 +202,7 @@ def whole_image_fn(implementation: str, model: nn.Module, pixel_values: torch.Te
     if implementation == "mmseg":
         metas = [{"img_shape": tuple(size), "ori_shape": tuple(size), "pad_shape": tuple(size)}] * len(pixel_values)
         return lambda: model.encode_decode(pixel_values, metas)
-    if implementation == "optimized":
+    if implementation in ("optimized", "compiled"):
         pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
     align_corners = getattr(getattr(model, "config", None), "align_corners", False)
     return lambda: F.interpolate(model(pixel_values).logits, size=size, mode="bilinear", align_corners=align_corners)
@@ -213,7 +217,7 @@ def whole_image_fn(implementation: str, model: nn.Module, pixel_values: torch.Te
 class BenchmarkSettings:
     variants: Sequence[str] = DEFAULT_VARIANTS
     sizes: Sequence[tuple[int, int]] = ((512, 1024), (1024, 2048))
-    implementations: Sequence[str] = IMPLEMENTATIONS
+    implementations: Sequence[str] = DEFAULT_IMPLEMENTATIONS
     precisions: Sequence[str] = ("fp32",)
     baselines: bool = True
     warmup: int = 1

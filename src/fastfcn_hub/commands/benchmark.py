@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..benchmark import DEFAULT_VARIANTS, IMPLEMENTATIONS, PRECISIONS, BenchmarkSettings
+from ..benchmark import DEFAULT_IMPLEMENTATIONS, DEFAULT_VARIANTS, IMPLEMENTATIONS, PRECISIONS, BenchmarkSettings
 from . import image_size
 
 
@@ -35,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--implementations",
         type=_csv(IMPLEMENTATIONS),
-        default=IMPLEMENTATIONS,
-        help="any of mmseg,plain,optimized (mmseg is skipped when not installed)",
+        default=DEFAULT_IMPLEMENTATIONS,
+        help="any of mmseg,plain,optimized,compiled (default: the first three; mmseg is skipped when not installed)",
     )
     parser.add_argument(
         "--precisions",
