@@ -115,3 +115,15 @@ def test_inplace_optimization_returns_the_same_model() -> None:
     model = create_model("fastfcn_r18_jpu_psp")
     assert optimize_for_inference(model, inplace=True) is model
     assert count(model, nn.BatchNorm2d) == 0 and not model.training
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_plain_model() -> None:
+    """`compile=True` (torch.compile over the rewritten model) keeps the logits; needs a C++ compiler on CPU."""
+    model = randomize_batchnorms(create_model("fastfcn_r18_jpu_psp").eval())
+    compiled = model.optimize_for_inference(compile=True)
+    pixel_values = torch.randn(1, 3, 96, 160)
+    with torch.no_grad():
+        expected = model(pixel_values).logits
+        actual = compiled(pixel_values.contiguous(memory_format=torch.channels_last)).logits
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
