@@ -32,10 +32,10 @@ DATASETS = {"cityscapes": "Cityscapes", "ade20k": "ADE20K"}
 SECTION = re.compile(r"(<!-- ([\w.:-]+):start -->\n).*?(<!-- \2:end -->)", re.S)
 
 
-Column = tuple[str, bool, Callable[[dict[str, Any]], str]]  # header, right-aligned, cell of one entry
+Column = tuple[str, bool, Callable[[Any], str]]  # header, right-aligned, cell of one entry
 
 
-def _table(columns: Sequence[Column], entries: Sequence[dict[str, Any]]) -> str:
+def _table(columns: Sequence[Column], entries: Sequence[Any]) -> str:
     lines = ["| " + " | ".join(header for header, _, _ in columns) + " |"]
     lines.append("|" + "|".join("---:" if right else "---" for _, right, _ in columns) + "|")
     lines += ["| " + " | ".join(cell(entry) for _, _, cell in columns) + " |" for entry in entries]
@@ -132,16 +132,19 @@ def benchmark_markdown(result: dict[str, Any]) -> str:
 def profiles_markdown(profiles: Sequence[dict[str, Any]]) -> str:
     """Seconds per forward of the top-level modules (and the heads' fusion conv), one column per profiled model."""
     wanted = ["backbone", "neck", "decode_head", "decode_head.bottleneck", "(forward)"]
-    tables = [{m["module"]: m for m in profile["modules"]} for profile in profiles]
-    header = "| module | " + " | ".join(f"{p['variant']} ({p['implementation']})" for p in profiles) + " |"
-    lines = [header, "|---|" + "---:|" * len(profiles)]
-    for module in wanted:
-        cells = [
-            f"{t[module]['seconds']:.2f} s ({100 * t[module]['share']:.0f}%)" if module in t else "-" for t in tables
-        ]
-        lines.append(f"| `{module}` | " + " | ".join(cells) + " |")
-    size = profiles[0]["size"]
-    return f"Time by module at {size} (`--profile`; seconds per forward, share of the forward):\n\n" + "\n".join(lines)
+
+    def cells(profile: dict[str, Any]) -> Callable[[str], str]:
+        by_module = {m["module"]: m for m in profile["modules"]}
+        return lambda module: (
+            f"{by_module[module]['seconds']:.2f} s ({100 * by_module[module]['share']:.0f}%)"
+            if module in by_module
+            else "-"
+        )
+
+    columns = [("module", False, lambda module: f"`{module}`")]
+    columns += [(f"{p['variant']} ({p['implementation']})", True, cells(p)) for p in profiles]
+    title = f"Time by module at {profiles[0]['size']} (`--profile`; seconds per forward, share of the forward):"
+    return title + "\n\n" + _table(columns, wanted)
 
 
 def backbones_markdown(result: dict[str, Any]) -> str:

@@ -368,12 +368,9 @@ def profile_modules(
     modules = dict(model.named_modules())
     rows = [{"module": "(forward)", "type": type(model).__name__, "seconds": forward, "share": 1.0}]
     for name, values in times.items():  # call order: the data path, top to bottom
-        seconds = (
-            statistics.median(values) * len(values) / len(total)
-        )  # a module called twice per forward counts twice
-        rows.append(
-            {"module": name, "type": type(modules[name]).__name__, "seconds": seconds, "share": seconds / forward}
-        )
+        seconds = statistics.median(values) * len(values) / len(total)  # a module called twice counts twice
+        row = {"module": name, "type": type(modules[name]).__name__, "seconds": seconds, "share": seconds / forward}
+        rows.append(row)
     return rows
 
 

@@ -350,7 +350,7 @@ def backbone_features(backbone: nn.Module, pixel_values: torch.Tensor) -> list[t
             raise
         # Some timm models pass the config-time probe on the meta device but index fixed-size tables at run time
         # (MViTv2's relative positions); say which backbone failed on what, instead of a bare IndexError.
-        name = getattr(backbone, "pretrained_cfg", {}).get("architecture", type(backbone).__name__)
+        name = (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture", type(backbone).__name__)
         raise ValueError(
             f"The timm backbone `{name}` failed on a {tuple(pixel_values.shape[-2:])} input: {error}. If it only "
             f"works at its pretraining resolution, choose another backbone: FastFCN feeds images of any size "

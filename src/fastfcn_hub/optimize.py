@@ -22,6 +22,7 @@ State-dict keys change (folded BatchNorms disappear), so save the plain model, n
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -249,40 +250,44 @@ def fold_batchnorms(model: nn.Module) -> int:
     return folded
 
 
-def subsample_strided_dilated_convs(model: nn.Module) -> int:
-    """Replace strided + dilated convs by `SubsampledConv2d`, in place; returns how many were replaced."""
+def _replace_children(model: nn.Module, rewrite: Callable[[nn.Module], nn.Module | None]) -> int:
+    """Set every child module for which `rewrite` returns a module to that module, in place; returns how many.
+
+    Parents are listed before any replacement, so new modules are not visited again.
+    """
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if SubsampledConv2d.applies_to(child):
-                setattr(parent, name, SubsampledConv2d(child))
+            new = rewrite(child)
+            if new is not None:
+                setattr(parent, name, new)
                 replaced += 1
     return replaced
 
 
+def subsample_strided_dilated_convs(model: nn.Module) -> int:
+    """Replace strided + dilated convs by `SubsampledConv2d`, in place; returns how many were replaced."""
+    return _replace_children(model, lambda m: SubsampledConv2d(m) if SubsampledConv2d.applies_to(m) else None)
+
+
 def pre_pad_depthwise_convs(model: nn.Module) -> int:
-    """Wrap large-padding depthwise convs in `PrePaddedConv2d`, in place; returns how many were wrapped."""
-    wrapped = 0
-    for parent in list(model.modules()):
-        if isinstance(parent, PrePaddedConv2d):
-            continue
-        for name, child in list(parent.named_children()):
-            if PrePaddedConv2d.applies_to(child):
-                setattr(parent, name, PrePaddedConv2d(child))
-                wrapped += 1
-    return wrapped
+    """Wrap large-padding depthwise convs in `PrePaddedConv2d`, in place; returns how many were wrapped.
+
+    A wrapped conv has padding 0, so running this twice wraps nothing more.
+    """
+    return _replace_children(model, lambda m: PrePaddedConv2d(m) if PrePaddedConv2d.applies_to(m) else None)
 
 
 def factor_pooled_branches(model: nn.Module) -> int:
     """Replace PSP and ASPP heads by their factored forms, in place; returns how many were replaced."""
     factored = {FastFCNPyramidPoolingHead: FactoredPyramidPoolingHead, FastFCNASPPHead: FactoredASPPHead}
-    replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) in factored and UpsampledBranchConv.applies_to(child.bottleneck):
-                setattr(parent, name, factored[type(child)](child))
-                replaced += 1
-    return replaced
+
+    def rewrite(module: nn.Module) -> nn.Module | None:
+        if type(module) in factored and UpsampledBranchConv.applies_to(module.bottleneck):
+            return factored[type(module)](module)
+        return None
+
+    return _replace_children(model, rewrite)
 
 
 def optimize_for_inference(
