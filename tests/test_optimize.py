@@ -8,12 +8,14 @@ from torch import nn
 from fastfcn_hub import create_model
 from fastfcn_hub.modeling_fastfcn import FastFCNConvModule
 from fastfcn_hub.optimize import (
+    ChannelSplitConv2d,
     FactoredASPPHead,
     FactoredPyramidPoolingHead,
     PrePaddedConv2d,
     SubsampledConv2d,
     UpsampledBranchConv,
     optimize_for_inference,
+    split_wide_convs,
 )
 
 
@@ -64,6 +66,55 @@ def test_optimized_logits_match_plain_model(name: str, overrides: dict) -> None:
     factored = {"psp": FactoredPyramidPoolingHead, "aspp": FactoredASPPHead}.get(model.config.decode_head)
     if factored is not None:
         assert isinstance(optimized.decode_head, factored)
+
+
+@pytest.mark.parametrize("block_channels", [64, 48])  # 64: the JPU's branch width (no copies); 48: re-sliced
+@pytest.mark.parametrize(
+    "name", ["fastfcn_r18_jpu_enc", "fastfcn_r18_jpu_psp", "fastfcn_r18_jpu_aspp", "deeplabv3_r18_d8"]
+)
+def test_wide_conv_split_matches_plain_model(name: str, block_channels: int) -> None:
+    """The R-18 models are too narrow for the default 512-channel blocks, so split them at 64 or 48 channels."""
+    model = randomize_batchnorms(create_model(name).eval())
+    optimized = optimize_for_inference(model, split_wide=False)
+    assert count(optimized, ChannelSplitConv2d) == 0
+    assert split_wide_convs(optimized, block_channels=block_channels) > 0
+    assert count(optimized, ChannelSplitConv2d) > 0
+    pixel_values = torch.randn(2, 3, 96, 160)
+    with torch.no_grad():
+        expected = model(pixel_values, output_hidden_states=True)
+        actual = optimized(pixel_values.contiguous(memory_format=torch.channels_last), output_hidden_states=True)
+    torch.testing.assert_close(actual.logits, expected.logits, rtol=1e-4, atol=1e-4)
+    # the head input, unconcatenated inside, still comes out as one map
+    torch.testing.assert_close(actual.hidden_states[-1], expected.hidden_states[-1], rtol=1e-4, atol=1e-4)
+    if model.config.neck == "jpu":
+        assert optimized.neck.concat_output is False  # every consumer of the JPU's output takes channel blocks
+        assert model.neck.concat_output is True
+
+
+def test_split_is_skipped_off_the_cpu_by_default() -> None:
+    model = create_model("fastfcn_r50_jpu_enc").to("meta")  # large enough to split, but not on the CPU
+    assert count(optimize_for_inference(model, fold_batchnorm=False), ChannelSplitConv2d) == 0
+    assert count(optimize_for_inference(model, fold_batchnorm=False, split_wide=True), ChannelSplitConv2d) > 0
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize(
+    ("kernel", "stride", "dilation", "bias"), [(3, 1, 1, True), (3, 2, 2, False), (1, 1, 1, True)]
+)
+def test_channel_split_conv_equals_conv(kernel: int, stride: int, dilation: int, bias: bool, memory_format) -> None:
+    conv = nn.Conv2d(10, 6, kernel, stride=stride, padding=dilation * (kernel // 2), dilation=dilation, bias=bias)
+    split = ChannelSplitConv2d(conv, block_channels=4)
+    assert split.widths == [4, 3, 3]
+    x = torch.randn(2, 10, 17, 23).contiguous(memory_format=memory_format)
+    with torch.no_grad():
+        expected = conv(x)
+        torch.testing.assert_close(split(x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(split(list(x.split([4, 3, 3], dim=1))), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(split(list(x.split([5, 5], dim=1))), expected, rtol=1e-5, atol=1e-5)
+    assert ChannelSplitConv2d.applies_to(nn.Conv2d(1024, 8, 3, padding=1))
+    assert not ChannelSplitConv2d.applies_to(nn.Conv2d(512, 8, 3, padding=1))  # one block already
+    assert not ChannelSplitConv2d.applies_to(nn.Conv2d(1024, 8, 1))  # 1x1: one GEMM is faster than four
+    assert not ChannelSplitConv2d.applies_to(nn.Conv2d(1024, 1024, 3, padding=1, groups=1024))  # depthwise
 
 
 @pytest.mark.parametrize("align_corners", [False, True])

@@ -169,8 +169,10 @@ def mmseg_available() -> bool:
     return True
 
 
-def build_models(variant: str, implementations: Sequence[str], seed: int = 0) -> dict[str, nn.Module]:
-    """The requested implementations of `variant`, all in eval mode and all with the same (random) weights.
+def build_models(
+    variant: str, implementations: Sequence[str], seed: int = 0, device: torch.device | str = "cpu"
+) -> dict[str, nn.Module]:
+    """The requested implementations of `variant` on `device`, in eval mode, all with the same (random) weights.
 
     With mmseg available and the variant mapped to an mmseg config, mmseg's model is randomised and its state dict
     converted into ours; otherwise ours is seeded-random and there is no "mmseg" entry.
@@ -186,7 +188,8 @@ def build_models(variant: str, implementations: Sequence[str], seed: int = 0) ->
         reference = randomize_(build_model(mmseg_config), seed=seed)
         ours.load_state_dict(convert_state_dict(reference.state_dict()), strict=True)
         if "mmseg" in implementations:
-            models["mmseg"] = reference
+            models["mmseg"] = reference.to(device)
+    ours.to(device)  # before optimising: some rewrites depend on the device
     if "plain" in implementations:
         models["plain"] = ours
     if "optimized" in implementations:
@@ -278,8 +281,8 @@ def benchmark_inference(settings: BenchmarkSettings, device: torch.device, rates
         for name, role in names:
             # D8 baselines run ours only: the claim about them (speed-up per FLOP ratio) is ours against ours.
             implementations = [i for i in settings.implementations if role != "d8" or i != "mmseg"]
-            for implementation, model in build_models(name, implementations, seed=settings.seed).items():
-                group.append((name, role, implementation, model.to(device)))
+            for implementation, model in build_models(name, implementations, settings.seed, device).items():
+                group.append((name, role, implementation, model))
             flop_models[name] = create_model(name).eval()  # FLOPs and parameters do not depend on the weights
         for height, width in settings.sizes:
             generator = torch.Generator().manual_seed(settings.seed)

@@ -87,7 +87,8 @@ class FastFCNJointPyramidUpsampling(nn.Module):
 
     Each level is projected to `channels` by a 3x3 conv, the coarser ones are upsampled to stride 8 and the three are
     concatenated (shallow to deep). Each dilation branch sees the concatenation; their outputs are concatenated in
-    dilation order, giving `len(dilations) * channels` channels.
+    dilation order, giving `len(dilations) * channels` channels. With `concat_output = False` (set by
+    `optimize_for_inference` when every consumer takes channel blocks) the branches come back as a list instead.
     """
 
     def __init__(
@@ -102,13 +103,15 @@ class FastFCNJointPyramidUpsampling(nn.Module):
             nn.Sequential(FastFCNSeparableConv(len(in_channels) * channels, channels, dilation))
             for dilation in dilations
         )
+        self.concat_output = True
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         projected = [layer(feature) for layer, feature in zip(self.conv_layers, features)]
         size = projected[0].shape[2:]
         projected = [projected[0]] + [resize(level, size, self.align_corners) for level in projected[1:]]
         fused = torch.cat(projected, dim=1)  # [B, levels * channels, H/8, W/8]
-        return torch.cat([branch(fused) for branch in self.dilation_layers], dim=1)
+        branches = [branch(fused) for branch in self.dilation_layers]
+        return torch.cat(branches, dim=1) if self.concat_output else branches
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -514,7 +517,11 @@ class FastFCNForSemanticSegmentation(FastFCNPreTrainedModel):
             auxiliary_logits = self.auxiliary_head(features[1]) if self.auxiliary_head is not None else None
             loss = self.compute_loss(logits, labels, auxiliary_logits, se_logits)
 
-        hidden_states = (*features, head_input) if output_hidden_states else None
+        if output_hidden_states:  # an optimised neck may hand its branches to the head unconcatenated
+            head_state = torch.cat(head_input, dim=1) if isinstance(head_input, list) else head_input
+            hidden_states = (*features, head_state)
+        else:
+            hidden_states = None
         if not return_dict:
             output = (logits,) + ((hidden_states,) if hidden_states is not None else ())
             return ((loss,) + output) if loss is not None else output
