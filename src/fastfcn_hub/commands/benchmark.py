@@ -60,6 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--default-malloc",
+        dest="reuse_freed_memory",
+        action="store_false",
+        help="keep glibc's default malloc, which returns large freed blocks to the OS (by default the process "
+        "first calls fastfcn_hub.optimize.reuse_freed_cpu_memory(), for every implementation alike)",
+    )
     parser.add_argument("--output", default="benchmarks/results/benchmark.json", help="where to write the JSON")
 
 
@@ -86,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         train_repeats=args.train_repeats,
         profile=args.profile,
         device=args.device,
+        reuse_freed_memory=args.reuse_freed_memory,
     )
     result = run_benchmark(settings)
     print()

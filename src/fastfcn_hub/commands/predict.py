@@ -89,13 +89,16 @@ def describe_options(options: dict[str, Any]) -> str:
 
 
 def resolve_device(device: str | None):
+    """The `--device` (default: CUDA when available); on the CPU, also `reuse_freed_cpu_memory()` for this process."""
     import torch
 
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    from ..optimize import reuse_freed_cpu_memory
+
+    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device} was asked for but CUDA is not available here; use --device cpu.")
+    if device.type == "cpu":  # an inference process: keep freed memory, so that each image skips the page faults
+        reuse_freed_cpu_memory()
     return device
 
 
