@@ -53,9 +53,12 @@ def _machine_line(machine: dict[str, Any]) -> str:
     )
     rates = ", ".join(f"{p} {v:.0f}" for p, v in machine.get("matmul_gflops_per_s", {}).items())
     start, end = (machine.get(f"load_average_{when}") for when in ("start", "end"))
+    malloc = {True: "; malloc keeps freed memory", False: "; default malloc"}.get(
+        machine.get("malloc_keeps_freed_memory"), ""
+    )  # older results did not record it
     return (
         f"Machine: {machine['cpu']}, {machine['logical_cores']} logical cores, {machine['memory_gib']} GiB, "
-        f"{machine.get('gpu') or 'no GPU'}; {software}; matmul {rates} GFLOP/s; load average "
+        f"{machine.get('gpu') or 'no GPU'}; {software}{malloc}; matmul {rates} GFLOP/s; load average "
         f"{tuple(round(x, 2) for x in start or ())} at start, {tuple(round(x, 2) for x in end or ())} at end."
     )
 

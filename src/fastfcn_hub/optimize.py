@@ -139,8 +139,9 @@ class ChannelSplitConv2d(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, block_channels: int = 512) -> None:
         super().__init__()
-        count = -(-conv.in_channels // block_channels)
-        self.widths = [len(part) for part in torch.arange(conv.in_channels).tensor_split(count)]
+        count = -(-conv.in_channels // block_channels)  # as few blocks as fit, as even as possible
+        base, extra = divmod(conv.in_channels, count)
+        self.widths = [base + (index < extra) for index in range(count)]
         self.convs = nn.ModuleList()
         start = 0
         for index, width in enumerate(self.widths):
@@ -277,7 +278,7 @@ class FactoredASPPHead(nn.Module):
     def input_widths(self) -> list[int] | None:
         """Block widths when every dense branch takes channel blocks (`ChannelSplitConv2d`), else None."""
         convs = [branch.conv for branch in self.aspp_modules]
-        if all(isinstance(conv, ChannelSplitConv2d) for conv in convs) and len({str(c.widths) for c in convs}) == 1:
+        if all(isinstance(conv, ChannelSplitConv2d) for conv in convs) and len({tuple(c.widths) for c in convs}) == 1:
             return convs[0].widths
         return None
 
