@@ -389,9 +389,7 @@ def benchmark_profiles(settings: BenchmarkSettings, device: torch.device) -> lis
     for variant in settings.variants:
         names = [variant] + ([D8_BASELINES[variant]] if settings.baselines and variant in D8_BASELINES else [])
         for name in names:
-            model = create_model(name).eval().to(device)
-            if implementation == "optimized":
-                model = optimize_for_inference(model, inplace=True)
+            model = build_models(name, (implementation,), settings.seed, device)[implementation]  # the timed weights
             _log(f"  profiling {name} ({implementation}, {height}x{width}) ...")
             modules = profile_modules(model, pixel_values, device, repeats=settings.repeats)
             profiles.append({"variant": name, "implementation": implementation, "size": f"{height}x{width}",
